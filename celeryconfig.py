@@ -1,0 +1,62 @@
+"""Celery settings for waflow (lowercase names, values from ``waflow.config``).
+
+Why each non-default value is set is said beside it; the facts behind them are
+in ``docs/reliability.md`` and ``../shared/reference/celery.md``.
+"""
+from waflow import queues
+from waflow.config import settings
+
+broker_url = settings.broker_url
+
+if settings.embedded_broker:
+    # kombu's filesystem transport: one folder shared by the web process and every
+    # worker. Absolute paths, since kombu's default control folder is relative.
+    _broker_dir = settings.var_dir / "broker"
+    broker_transport_options = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "control_folder": str(_broker_dir / "control"),
+        "store_processed": False,
+        # The transport polls; 0.1 s keeps a local demo snappy at negligible cost.
+        "polling_interval": 0.1,
+    }
+else:
+    # Publisher confirms: a publish RabbitMQ refuses raises instead of vanishing.
+    broker_transport_options = {"confirm_publish": True}
+
+broker_connection_retry_on_startup = True
+broker_pool_acquire_timeout = 30
+
+task_serializer = "json"
+accept_content = ["json"]
+# Nothing reads task results: every outcome lives in PostgreSQL.
+task_ignore_result = True
+result_backend = None
+
+task_queues = queues.declarations()
+task_default_exchange = queues.EXCHANGE.name
+task_default_exchange_type = "direct"
+# A routing typo must raise, not create a queue nobody consumes.
+task_create_missing_queues = False
+task_default_queue = queues.INCOMING_RAW
+# Wire names are pinned; each task goes to the queue named after its stage.
+task_routes = {
+    "waflow.ingestor.ingest_raw": {"queue": queues.INCOMING_RAW},
+    "waflow.core.handle_normalized": {"queue": queues.INCOMING_NORMALIZED},
+    "waflow.media.record_media": {"queue": queues.MEDIA_PROCESSING},
+}
+
+# Every stage task is idempotent, so it acknowledges only after it ran: a worker
+# killed mid-task leaves the message to be redelivered, not lost.
+task_acks_late = True
+# Held (prefetched) messages are few: per process, four in flight at most.
+worker_prefetch_multiplier = 4
+
+# Flower and `celery events` see task state; argsrepr keeps client text out of them.
+worker_send_task_events = True
+task_send_sent_event = False
+
+imports = ("waflow.ingestor", "waflow.core", "waflow.media")
+
+timezone = "UTC"
+enable_utc = True

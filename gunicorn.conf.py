@@ -1,0 +1,16 @@
+"""gunicorn settings for the web process (values from waflow.config)."""
+from waflow.config import settings
+
+bind = f"0.0.0.0:{settings.port}"
+workers = settings.web_concurrency
+# Threads, not processes, per worker: a request spends its time waiting for the
+# broker's confirm, and all threads of a process share one confirming publisher.
+worker_class = "gthread"
+threads = settings.web_threads
+# Meta's latency standard is 1 s at p99; nothing on the webhook path takes long.
+timeout = 30
+graceful_timeout = 20
+keepalive = 5
+accesslog = None
+errorlog = "-"
+loglevel = settings.log_level.lower()

@@ -1,0 +1,152 @@
+"""Every setting waflow reads from the environment, read once, in one place.
+
+Each variable has its own default, chosen so that a fresh checkout runs with no
+server at all: SQLite and kombu's filesystem transport under ``./var/``. In
+production (``WAFLOW_ENV=production``) the secrets have no default: a missing
+one stops the process at start with a message naming the variable.
+
+The table in README.md ("Configuration") lists the same variables; a test keeps
+the two in step.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+ENVIRONMENTS = ("development", "production")
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# Development-only stand-ins, so the README's one-liners work out of the box.
+# They are refused in production.
+DEV_APP_SECRET = "waflow-dev-app-secret"
+DEV_VERIFY_TOKEN = "waflow-dev-verify-token"
+
+
+# Every variable load() reads; README.md's configuration table lists the same names.
+VARIABLES = (
+    "WAFLOW_ENV", "DATABASE_URL", "CELERY_BROKER_URL", "WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN",
+    "FLOWER_BASIC_AUTH", "WAFLOW_VAR_DIR", "WAFLOW_MAX_BODY_BYTES", "WAFLOW_PUBLISH_TIMEOUT", "WAFLOW_LOG_LEVEL",
+    "PORT", "WEB_CONCURRENCY", "WEB_THREADS",
+)
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _var_dir(env: Mapping[str, str]) -> Path:
+    return Path(env.get("WAFLOW_VAR_DIR") or BASE_DIR / "var").resolve()
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    url = env.get("DATABASE_URL") or f"sqlite:///{_var_dir(env) / 'waflow.db'}"
+    # Heroku and most PaaS hand out postgres://, which SQLAlchemy 2 no longer accepts, and
+    # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; waflow's driver is psycopg2.
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
+def _broker_url(env: Mapping[str, str]) -> str:
+    return env.get("CELERY_BROKER_URL") or "filesystem://"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed settings; ``repr`` never shows a secret."""
+
+    env: str
+    database_url: str = field(repr=False)
+    broker_url: str = field(repr=False)
+    app_secret: str = field(repr=False)
+    verify_token: str = field(repr=False)
+    flower_basic_auth: str = field(repr=False)
+    var_dir: Path
+    max_body_bytes: int
+    publish_timeout: float
+    log_level: str
+    port: int
+    web_concurrency: int
+    web_threads: int
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def embedded_broker(self) -> bool:
+        """True on the no-server default (kombu's filesystem transport)."""
+        return self.broker_url.startswith("filesystem://")
+
+    @property
+    def amqp_broker(self) -> bool:
+        return self.broker_url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings from ``environ`` (default: the process environment)."""
+    env = os.environ if environ is None else environ
+    mode = env.get("WAFLOW_ENV") or "development"
+    if mode not in ENVIRONMENTS:
+        raise ConfigError(f"WAFLOW_ENV must be one of {', '.join(ENVIRONMENTS)}, got {mode!r}")
+    production = mode == "production"
+
+    def secret(name: str, dev_default: str) -> str:
+        value = env.get(name, "")
+        if value:
+            return value
+        if production:
+            raise ConfigError(f"{name} is not set; waflow refuses to start in production without it")
+        return dev_default
+
+    return Settings(
+        env=mode,
+        database_url=_database_url(env),
+        broker_url=_broker_url(env),
+        app_secret=secret("WHATSAPP_APP_SECRET", DEV_APP_SECRET),
+        verify_token=secret("WHATSAPP_VERIFY_TOKEN", DEV_VERIFY_TOKEN),
+        flower_basic_auth=secret("FLOWER_BASIC_AUTH", "admin:admin"),
+        var_dir=_var_dir(env),
+        # Meta's payloads are up to 3 MB; 3 MiB leaves room and refuses anything bigger.
+        max_body_bytes=_int(env, "WAFLOW_MAX_BODY_BYTES", 3 * 1024 * 1024, 1024, 64 * 1024 * 1024),
+        # Meta redelivers on any non-200; answering 503 within a second beats hanging.
+        publish_timeout=_float(env, "WAFLOW_PUBLISH_TIMEOUT", 0.9, 0.05, 30.0),
+        log_level=(env.get("WAFLOW_LOG_LEVEL") or "INFO").upper(),
+        port=_int(env, "PORT", 5000, 1, 65535),
+        # Two processes for two cores; threads wait on the broker's confirms, not the CPU.
+        web_concurrency=_int(env, "WEB_CONCURRENCY", 2, 1, 64),
+        web_threads=_int(env, "WEB_THREADS", 16, 1, 256),
+    )
+
+
+settings = load()
+

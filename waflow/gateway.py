@@ -1,0 +1,73 @@
+"""Gateway: Meta's webhook at ``/webhooks/whatsapp``; produces ``wa.incoming.raw``.
+
+GET is Meta's verification handshake. POST does three things and nothing else:
+verify ``X-Hub-Signature-256`` over the raw bytes, publish the bytes unchanged
+to ``wa.incoming.raw`` (durably, confirmed by the broker), answer 200. No JSON
+parsing, no database, no per-message work: Meta must never wait. Anything that
+means "not queued" answers 503, and Meta redelivers.
+
+Protocol: ``../shared/reference/whatsapp-cloud-api.md`` sections 1-3.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+
+from flask import Blueprint, Response, current_app, request
+
+from waflow.broker import PublishError
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("gateway", __name__)
+
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+
+
+def signature_is_valid(app_secret: str, body: bytes, header: str) -> bool:
+    """Check Meta's ``sha256=<hex>`` header against HMAC-SHA256(body, app secret), in constant time."""
+    if not header.startswith("sha256="):
+        return False
+    expected = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, header[len("sha256="):].strip().lower())
+
+
+def _text(body: str, status: int) -> Response:
+    return Response(body, status=status, mimetype="text/plain")
+
+
+@bp.get("/webhooks/whatsapp")
+def verify_subscription() -> Response:
+    """Answer Meta's handshake with the challenge, as plain text, if the token matches."""
+    settings = current_app.config["WAFLOW_SETTINGS"]
+    token = request.args.get("hub.verify_token", "")
+    if request.args.get("hub.mode") == "subscribe" and hmac.compare_digest(
+        token.encode(), settings.verify_token.encode()
+    ):
+        return _text(request.args.get("hub.challenge", ""), 200)
+    logger.warning("gateway: handshake refused (mode=%r)", request.args.get("hub.mode"))
+    return _text("Forbidden", 403)
+
+
+@bp.post("/webhooks/whatsapp")
+def receive_webhook() -> Response:
+    """Verify, queue durably, answer."""
+    received_at = time.time()
+    header = request.headers.get(SIGNATURE_HEADER)
+    if not header:
+        logger.warning("gateway: rejected webhook: no %s header", SIGNATURE_HEADER)
+        return _text("Missing signature", 401)
+    body = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH
+    if not signature_is_valid(current_app.config["WAFLOW_SETTINGS"].app_secret, body, header):
+        logger.warning("gateway: rejected webhook: signature mismatch (%d bytes)", len(body))
+        return _text("Invalid signature", 403)
+    try:
+        current_app.extensions["waflow.publisher"].publish_raw(body, received_at)
+    except PublishError as exc:
+        logger.error("gateway: webhook not queued, answering 503: %s", exc)
+        response = _text("Not queued, retry later", 503)
+        response.headers["Retry-After"] = "1"
+        return response
+    return _text("OK", 200)

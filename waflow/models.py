@@ -1,0 +1,153 @@
+"""Database tables: contacts, conversations, messages, statuses, media, raw payloads.
+
+Every table a stage writes has a unique key from Meta's data, so that a
+redelivered webhook or task leaves one row: the database judges "already done".
+The schema itself is owned by the Alembic migrations in ``migrations/``.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from waflow.db import Base
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+intpk = Annotated[int, mapped_column(BigId, primary_key=True, autoincrement=True)]
+tstamp = Annotated[datetime, mapped_column(sa.DateTime(timezone=True))]
+json_doc = Annotated[dict[str, Any], mapped_column()]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+created_at = Annotated[datetime, mapped_column(sa.DateTime(timezone=True), default=utcnow)]
+
+# Delivery statuses in the order they can only move forward. `failed` outranks
+# sent and delivered, never read or played, so the fold is order-independent:
+# whatever order Meta delivers the webhooks in, the final status is the same.
+STATUS_RANK = {"sent": 1, "delivered": 2, "failed": 3, "read": 4, "played": 5}
+
+
+class WebhookPayload(Base):
+    """Every distinct webhook body exactly as Meta signed it, for audit."""
+
+    __tablename__ = "webhook_payloads"
+
+    id: Mapped[intpk]
+    sha256: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    body: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    size: Mapped[int]
+    received_at: Mapped[tstamp]
+    created_at: Mapped[created_at]
+
+
+class Contact(Base):
+    """A WhatsApp user, known by phone-based ``wa_id``, business-scoped ``user_id``, or both."""
+
+    __tablename__ = "contacts"
+    __table_args__ = (sa.CheckConstraint("wa_id IS NOT NULL OR user_id IS NOT NULL", name="contact_has_an_id"),)
+
+    id: Mapped[intpk]
+    wa_id: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
+    user_id: Mapped[str | None] = mapped_column(sa.String(128), unique=True)
+    parent_user_id: Mapped[str | None] = mapped_column(sa.String(128))
+    name: Mapped[str | None] = mapped_column(sa.Text)
+    username: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[created_at]
+    updated_at: Mapped[created_at]
+
+
+class Conversation(Base):
+    """One contact talking to one of the firm's business numbers."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (sa.UniqueConstraint("contact_id", "phone_number_id", name="conversation_per_number"),)
+
+    id: Mapped[intpk]
+    contact_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("contacts.id"))
+    phone_number_id: Mapped[str] = mapped_column(sa.String(64))
+    display_phone_number: Mapped[str | None] = mapped_column(sa.String(64))
+    # Opens the 24-hour customer-service window; the outbound stage checks it.
+    last_inbound_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    created_at: Mapped[created_at]
+
+
+class Message(Base):
+    """A message in a conversation; ``wamid`` is Meta's id and the dedupe key."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[intpk]
+    wamid: Mapped[str] = mapped_column(sa.String(255), unique=True)
+    conversation_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("conversations.id"), index=True)
+    contact_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("contacts.id"))
+    phone_number_id: Mapped[str] = mapped_column(sa.String(64))
+    direction: Mapped[str] = mapped_column(sa.String(8))  # inbound | outbound
+    type: Mapped[str] = mapped_column(sa.String(64))
+    body: Mapped[str | None] = mapped_column(sa.Text)
+    sent_at: Mapped[tstamp]
+    received_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    context_wamid: Mapped[str | None] = mapped_column(sa.String(255))
+    content: Mapped[json_doc]
+    # Current delivery status of an outbound message (see STATUS_RANK).
+    status: Mapped[str | None] = mapped_column(sa.String(16))
+    status_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    created_at: Mapped[created_at]
+
+
+class MessageStatus(Base):
+    """Every status webhook, kept as history even for a wamid waflow has not seen."""
+
+    __tablename__ = "message_statuses"
+    __table_args__ = (sa.UniqueConstraint("wamid", "status", name="one_row_per_status"),)
+
+    id: Mapped[intpk]
+    wamid: Mapped[str] = mapped_column(sa.String(255), index=True)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    timestamp: Mapped[tstamp]
+    phone_number_id: Mapped[str | None] = mapped_column(sa.String(64))
+    recipient_id: Mapped[str | None] = mapped_column(sa.String(128))
+    recipient_user_id: Mapped[str | None] = mapped_column(sa.String(128))
+    biz_opaque_callback_data: Mapped[str | None] = mapped_column(sa.Text)
+    error_code: Mapped[int | None]
+    content: Mapped[json_doc]
+    received_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    created_at: Mapped[created_at]
+
+
+class Media(Base):
+    """A media attachment to download; the media stage moves it on from ``pending``."""
+
+    __tablename__ = "media"
+
+    id: Mapped[intpk]
+    media_id: Mapped[str] = mapped_column(sa.String(255), unique=True)
+    wamid: Mapped[str] = mapped_column(sa.String(255), index=True)
+    phone_number_id: Mapped[str | None] = mapped_column(sa.String(64))
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    mime_type: Mapped[str | None] = mapped_column(sa.String(255))
+    sha256: Mapped[str | None] = mapped_column(sa.String(128))
+    filename: Mapped[str | None] = mapped_column(sa.Text)
+    url: Mapped[str | None] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.String(16), default="pending")
+    created_at: Mapped[created_at]
+
+
+class WebhookEvent(Base):
+    """Any other webhook field (account, template, calls, ...) and payload-level errors."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[intpk]
+    event_id: Mapped[str] = mapped_column(sa.String(255), unique=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))  # field | error
+    field: Mapped[str] = mapped_column(sa.String(128), index=True)
+    waba_id: Mapped[str | None] = mapped_column(sa.String(64))
+    phone_number_id: Mapped[str | None] = mapped_column(sa.String(64))
+    content: Mapped[json_doc]
+    received_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    created_at: Mapped[created_at]

@@ -1,0 +1,4 @@
+"""``gunicorn wsgi:app`` and ``flask --app wsgi``."""
+from waflow import create_app
+
+app = create_app()
