@@ -8,21 +8,7 @@ from waflow.config import settings
 
 broker_url = settings.broker_url
 
-if settings.embedded_broker:
-    # kombu's filesystem transport: one folder shared by the web process and every
-    # worker. Absolute paths, since kombu's default control folder is relative.
-    _broker_dir = settings.var_dir / "broker"
-    broker_transport_options = {
-        "data_folder_in": str(_broker_dir / "queue"),
-        "data_folder_out": str(_broker_dir / "queue"),
-        "control_folder": str(_broker_dir / "control"),
-        "store_processed": False,
-        # The transport polls; 0.1 s keeps a local demo snappy at negligible cost.
-        "polling_interval": 0.1,
-    }
-else:
-    # Publisher confirms: a publish RabbitMQ refuses raises instead of vanishing.
-    broker_transport_options = {"confirm_publish": True}
+broker_transport_options = queues.transport_options(settings)
 
 broker_connection_retry_on_startup = True
 broker_pool_acquire_timeout = 30

@@ -95,6 +95,7 @@ class ConfirmingPublisher:
         self._seq = 0
         self._unconfirmed: dict[int, _Pending] = {}
         self._by_task: dict[str, _Pending] = {}
+        self._returned = False
 
     # -- request threads ----------------------------------------------------------------------------------------
 
@@ -172,6 +173,9 @@ class ConfirmingPublisher:
             if left <= 0:
                 raise TimeoutError("confirms did not arrive in time")
             self._conn.drain_events(timeout=left)
+        if self._returned:
+            # Something was unroutable (the queue was deleted?): reconnect, which declares it again.
+            self._drop_connection()
 
     def _ensure_channel(self):
         if self._channel is None:
@@ -185,7 +189,7 @@ class ConfirmingPublisher:
             channel.events["basic_ack"].add(self._on_ack)
             channel.events["basic_nack"].add(self._on_nack)
             channel.events["basic_return"].add(self._on_return)
-            self._conn, self._channel, self._seq = conn, channel, 0
+            self._conn, self._channel, self._seq, self._returned = conn, channel, 0, False
         return self._channel
 
     def _drop_connection(self) -> None:
@@ -214,6 +218,7 @@ class ConfirmingPublisher:
 
     def _on_return(self, exc, exchange, routing_key, message) -> None:
         # Unroutable: RabbitMQ returns it, then acks it. Mark it failed before the ack arrives.
+        self._returned = True
         task_id = message.properties.get("correlation_id")
         item = self._by_task.get(task_id)
         if item is not None:

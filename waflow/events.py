@@ -101,6 +101,8 @@ class FieldUpdate(_Model):
 
     field: str
     value: Any
+    # entry[].time: when Meta raised the change (absent on message webhooks).
+    entry_time: int | None = None
 
 
 class NormalizedEvent(_Model):

@@ -76,12 +76,21 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else str(value)
 
 
+# Unix seconds a date can hold (up to 9999-12-31); anything else is not a real time.
+MAX_TIMESTAMP = 253402300799
+
+
 def _timestamp(obj: dict[str, Any]) -> int:
     raw = obj.get("timestamp")
     try:
-        return int(raw)
+        if isinstance(raw, bool):
+            raise TypeError
+        value = int(raw)
     except (TypeError, ValueError):
-        raise BadUpdate(f"timestamp {raw!r} is not Unix seconds") from None
+        raise BadUpdate(f"timestamp {str(raw)[:32]!r} is not Unix seconds") from None
+    if not 0 <= value <= MAX_TIMESTAMP:
+        raise BadUpdate(f"timestamp {value} is out of range")
+    return value
 
 
 def _errors(obj: dict[str, Any]) -> list[MetaError]:
@@ -105,10 +114,10 @@ def _error(e: dict[str, Any]) -> MetaError:
 
 def _contact(value: dict[str, Any], wa_id: str | None, user_id: str | None) -> ContactInfo | None:
     """The contact entry that belongs to this sender (``contacts[]`` is absent for some updates)."""
-    cards = [c for c in value.get("contacts") or [] if isinstance(c, dict)]
+    cards = [c for c in value.get("contacts") or [] if isinstance(c, dict)] if isinstance(value, dict) else []
     card = next((c for c in cards if wa_id and c.get("wa_id") == wa_id), None)
     card = card or next((c for c in cards if user_id and c.get("user_id") == user_id), None)
-    if card is None and len(cards) == 1 and not (wa_id and user_id):
+    if card is None and len(cards) == 1 and not _contradicts(cards[0], wa_id, user_id):
         card = cards[0]
     card = card or {}
     profile = card.get("profile") if isinstance(card.get("profile"), dict) else {}
@@ -120,6 +129,12 @@ def _contact(value: dict[str, Any], wa_id: str | None, user_id: str | None) -> C
         username=_str(profile.get("username")),
     )
     return info if (info.wa_id or info.user_id) else None
+
+
+def _contradicts(card: dict[str, Any], wa_id: str | None, user_id: str | None) -> bool:
+    """True if the card names another person than the message's sender."""
+    return bool((wa_id and card.get("wa_id") and card.get("wa_id") != wa_id)
+                or (user_id and card.get("user_id") and card.get("user_id") != user_id))
 
 
 def _media(kind: str, obj: Any) -> MediaInfo | None:
@@ -267,40 +282,45 @@ def _digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def _updates(base: dict[str, Any], value: Any) -> Iterator[tuple[Any, Any]]:
-    """Yield (update, builder) pairs for one ``changes[]`` entry."""
+def _updates(base: dict[str, Any], value: Any, position: str, entry_time: int | None) -> Iterator[tuple[Any, Any]]:
+    """Yield (update, builder) pairs for one ``changes[]`` entry; a builder raises BadUpdate."""
     if base["field"] == "messages" and isinstance(value, dict):
-        for msg in _list(value, "messages"):
-            yield msg, lambda m=msg: _message_event(base, value, m)
-        for st in _list(value, "statuses"):
-            yield st, lambda s=st: _status_event(base, value, s)
-        for err in _list(value, "errors"):
-            yield err, lambda e=err: _error_event(base, e)
+        lists = [(k, value.get(k)) for k in ("messages", "statuses", "errors") if value.get(k) is not None]
+        for key, found in lists:
+            if not isinstance(found, list):
+                yield {key: found}, lambda k=key: _not_a_list(k)
+                continue
+            for i, item in enumerate(found):
+                if key == "messages":
+                    yield item, lambda m=item: _message_event(base, value, m)
+                elif key == "statuses":
+                    yield item, lambda st=item: _status_event(base, value, st)
+                else:
+                    yield item, lambda e=item, n=i: _error_event(base, e, f"{position}.{n}")
         if not any(value.get(k) for k in ("messages", "statuses", "errors")):
-            yield value, lambda: _field_event(base, value)
+            yield value, lambda: _field_event(base, value, entry_time)
         return
-    yield value, lambda: _field_event(base, value)
+    yield value, lambda: _field_event(base, value, entry_time)
 
 
-def _list(value: dict[str, Any], key: str) -> list[Any]:
-    found = value.get(key)
-    if found is None:
-        return []
-    if not isinstance(found, list):
-        raise BadUpdate(f"value.{key} is not a list")
-    return found
+def _not_a_list(key: str) -> NormalizedEvent:
+    raise BadUpdate(f"value.{key} is not a list")
 
 
-def _error_event(base: dict[str, Any], err: Any) -> NormalizedEvent:
+def _error_event(base: dict[str, Any], err: Any, position: str) -> NormalizedEvent:
     if not isinstance(err, dict):
         raise BadUpdate("errors[] entry is not an object")
-    return NormalizedEvent(event_id=f"error:{_digest(base['waba_id'], err)}", kind="error", error=_error(err), **base)
+    # Payload-level errors carry no id: the payload and the position name them, so a
+    # redelivered body dedupes and the same error sent again later is kept again.
+    event_id = f"error:{base['payload_sha256'][:32]}:{position}"
+    return NormalizedEvent(event_id=event_id, kind="error", error=_error(err), **base)
 
 
-def _field_event(base: dict[str, Any], value: Any) -> NormalizedEvent:
-    update = FieldUpdate(field=base["field"], value=value)
+def _field_event(base: dict[str, Any], value: Any, entry_time: int | None) -> NormalizedEvent:
+    update = FieldUpdate(field=base["field"], value=value, entry_time=entry_time)
     return NormalizedEvent(
-        event_id=f"field:{base['field']}:{_digest(base['waba_id'], value)}", kind="field", update=update, **base
+        event_id=f"field:{base['field']}:{_digest(base['waba_id'], entry_time, value)}", kind="field",
+        update=update, **base,
     )
 
 
@@ -312,6 +332,8 @@ def parse_envelope(raw: bytes) -> dict[str, Any]:
         raise NotAWebhook(f"body is not JSON: {type(exc).__name__} at {getattr(exc, 'pos', '?')}") from None
     if not isinstance(doc, dict):
         raise NotAWebhook(f"body is a JSON {type(doc).__name__}, not an object")
+    if b"\\ud" in raw or b"\\uD" in raw:
+        doc = _without_lone_surrogates(doc)
     if doc.get("object") != "whatsapp_business_account":
         raise NotAWebhook(f"object is {str(doc.get('object'))[:64]!r}, not 'whatsapp_business_account'")
     entries = doc.get("entry")
@@ -326,12 +348,27 @@ def parse_envelope(raw: bytes) -> dict[str, Any]:
     return doc
 
 
+def _without_lone_surrogates(node: Any) -> Any:
+    """Replace escaped UTF-16 halves that pair with nothing (no database can store them) by U+FFFD.
+
+    The body itself is kept byte for byte in ``webhook_payloads``.
+    """
+    if isinstance(node, str):
+        return node.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(node, list):
+        return [_without_lone_surrogates(v) for v in node]
+    if isinstance(node, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in node.items()}
+    return node
+
+
 def split_webhook(raw: bytes, received_at: float) -> Batch:
     """Split one webhook body into normalized events; unreadable updates are set aside."""
     doc = parse_envelope(raw)
     batch = Batch(sha256=hashlib.sha256(raw).hexdigest())
-    for entry in doc["entry"]:
-        for change in entry["changes"]:
+    for e, entry in enumerate(doc["entry"]):
+        entry_time = entry.get("time") if isinstance(entry.get("time"), int) else None
+        for c, change in enumerate(entry["changes"]):
             value = change.get("value")
             metadata = value.get("metadata") if isinstance(value, dict) else None
             metadata = metadata if isinstance(metadata, dict) else {}
@@ -343,12 +380,7 @@ def split_webhook(raw: bytes, received_at: float) -> Batch:
                 "received_at": received_at,
                 "payload_sha256": batch.sha256,
             }
-            try:
-                updates = list(_updates(base, value))
-            except BadUpdate as exc:
-                batch.rejected.append((str(exc), value))
-                continue
-            for update, build in updates:
+            for update, build in _updates(base, value, f"{e}.{c}", entry_time):
                 try:
                     batch.events.append(build())
                 except (BadUpdate, ValidationError) as exc:

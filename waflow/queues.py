@@ -6,7 +6,11 @@ Whatever the seed topic, this module is the only place a queue name is spelled.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from kombu import Exchange, Queue
+
+from waflow.config import Settings
 
 INCOMING_RAW = "wa.incoming.raw"
 INCOMING_NORMALIZED = "wa.incoming.normalized"
@@ -32,3 +36,23 @@ EXCHANGE = Exchange("wa", type="direct", durable=True)
 def declarations() -> list[Queue]:
     """Kombu queue objects for every queue, durable, each bound to ``wa``."""
     return [Queue(name, EXCHANGE, routing_key=name, durable=True) for name in ALL_QUEUES]
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    """kombu transport options for the configured broker."""
+    if settings.embedded_broker:
+        # kombu's filesystem transport: one folder shared by the web process and every
+        # worker. Absolute paths, since kombu's default control folder is relative.
+        broker_dir = settings.var_dir / "broker"
+        for folder in ("queue", "control"):  # the transport expects them to exist
+            (broker_dir / folder).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(broker_dir / "queue"),
+            "data_folder_out": str(broker_dir / "queue"),
+            "control_folder": str(broker_dir / "control"),
+            "store_processed": False,
+            # The transport polls; 0.1 s keeps a local stack snappy at negligible cost.
+            "polling_interval": 0.1,
+        }
+    # Publisher confirms: a publish RabbitMQ refuses raises instead of vanishing.
+    return {"confirm_publish": True}

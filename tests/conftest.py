@@ -1,0 +1,95 @@
+"""Shared fixtures.
+
+Service-backed tests read their URLs from the environment and skip, saying so,
+when a URL is not set (a fresh laptop has no server; `.ci/run` sets both):
+
+- ``WAFLOW_TEST_DATABASE_URL``: a PostgreSQL database the tests may wipe.
+- ``WAFLOW_TEST_BROKER_URL``: a RabbitMQ vhost the tests may purge.
+
+Everything else runs on the embedded default (SQLite, kombu's filesystem
+transport) in a temporary folder.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Settings are read once, at import: point them at a scratch folder first.
+_VAR = tempfile.mkdtemp(prefix="waflow-tests-")
+for _name in ("WAFLOW_ENV", "WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN", "FLOWER_BASIC_AUTH", "DATABASE_URL",
+              "CELERY_BROKER_URL", "PORT"):
+    os.environ.pop(_name, None)
+os.environ["WAFLOW_VAR_DIR"] = _VAR
+
+import pytest  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
+
+from support import RecordingPublisher, PG_URL, AMQP_URL, REFERENCE_SECRET, migrate, wipe  # noqa: E402
+from waflow import config  # noqa: E402
+
+SKIP_PG = "WAFLOW_TEST_DATABASE_URL is not set: no PostgreSQL to test against (see README, 'Tests')"
+SKIP_AMQP = "WAFLOW_TEST_BROKER_URL is not set: no RabbitMQ to test against (see README, 'Tests')"
+
+requires_postgres = pytest.mark.skipif(not PG_URL, reason=SKIP_PG)
+requires_rabbitmq = pytest.mark.skipif(not AMQP_URL, reason=SKIP_AMQP)
+
+
+@pytest.fixture(scope="session")
+def var_dir() -> str:
+    return _VAR
+
+
+@pytest.fixture
+def settings() -> config.Settings:
+    """Development settings with the reference vector's app secret."""
+    return config.load({"WAFLOW_VAR_DIR": _VAR, "WHATSAPP_APP_SECRET": REFERENCE_SECRET,
+                        "WHATSAPP_VERIFY_TOKEN": "let-me-in"})
+
+
+@pytest.fixture
+def publisher() -> RecordingPublisher:
+    return RecordingPublisher()
+
+
+@pytest.fixture
+def app(settings, publisher):
+    from waflow import create_app
+
+    return create_app({"TESTING": True, "WAFLOW_SETTINGS": settings, "WAFLOW_PUBLISHER": publisher})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+_migrated: set[str] = set()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request) -> str:
+    """A migrated, empty database: SQLite always, PostgreSQL when WAFLOW_TEST_DATABASE_URL is set."""
+    if request.param == "postgresql":
+        if not PG_URL:
+            pytest.skip(SKIP_PG)
+        url = config.load({"DATABASE_URL": PG_URL}).database_url
+    else:
+        url = f"sqlite:///{_VAR}/unit.db"
+    if url not in _migrated:
+        migrate(url, fresh=True)
+        _migrated.add(url)
+    wipe(url)
+    return url
+
+
+@pytest.fixture
+def db(db_url):
+    """A session in one transaction, committed at the end of the test."""
+    from waflow.db import session_scope
+
+    with session_scope(db_url) as session:
+        yield session
+
+
+def count(session, table: str, where: str = "1=1", **params) -> int:
+    return session.execute(sa.text(f"SELECT count(*) FROM {table} WHERE {where}"), params).scalar_one()

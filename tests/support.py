@@ -1,0 +1,203 @@
+"""Helpers shared by the tests: signing, migrations, and a real stack in subprocesses."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("WAFLOW_TEST_DATABASE_URL", "")
+AMQP_URL = os.environ.get("WAFLOW_TEST_BROKER_URL", "")
+
+# Meta's known-good signed delivery (../shared/reference/whatsapp-cloud-api.md, section 2).
+REFERENCE_SECRET = "1222e786b144d0e85b9f365372d93676"
+REFERENCE_BODY = (
+    b'{"object":"whatsapp_business_account","entry":[{"id":"264937493375603","changes":[{"value":'
+    b'{"messaging_product":"whatsapp","metadata":{"display_phone_number":"15550953877","phone_number_id":'
+    b'"277321005464405"},"contacts":[{"profile":{"name":"PyWa Tests"},"wa_id":"972544401243"}],"messages":'
+    b'[{"from":"972544401243","id":"wamid.HBgMOTcyNTQ0NDAxMjQzFQIAEhggM0RFQTNCMEEwRTY3QzUwODYzMDc4NjQ4QzM4ODAxM0YA",'
+    b'"timestamp":"1730231903","text":{"body":"Hey there! I am using PyWa."},"type":"text"}]},"field":"messages"}]}]}'
+)
+REFERENCE_SIGNATURE = "sha256=54edfa1d7259e0eb13c677cc7d73d1b5c86cfa12433d19156e058ab9251bc441"
+
+TABLES = ("message_statuses", "messages", "conversations", "contacts", "media", "webhook_payloads", "webhook_events")
+
+
+class RecordingPublisher:
+    """Stands in for the broker in gateway tests: records what would be queued."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.published: list[tuple[bytes, float]] = []
+        self.error = error
+
+    def publish_raw(self, body: bytes, received_at: float) -> None:
+        if self.error is not None:
+            raise self.error
+        self.published.append((body, received_at))
+
+
+def sign(body: bytes, secret: str = REFERENCE_SECRET) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def compact(doc: Any) -> bytes:
+    """JSON as Meta sends it: compact, non-ASCII escaped."""
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def text_webhook(wamids: list[str], *, wa_id: str = "15550001111", phone_number_id: str = "1122334455",
+                 body: str = "Hello", statuses: list[tuple[str, str]] = ()) -> dict[str, Any]:
+    """A webhook with one text message per wamid and the given (wamid, status) updates."""
+    value: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550009999", "phone_number_id": phone_number_id},
+    }
+    if wamids:
+        value["contacts"] = [{"profile": {"name": "Client"}, "wa_id": wa_id}]
+        value["messages"] = [
+            {"from": wa_id, "id": w, "timestamp": "1764000000", "type": "text", "text": {"body": f"{body} {i}"}}
+            for i, w in enumerate(wamids)
+        ]
+    if statuses:
+        value["statuses"] = [
+            {"id": w, "status": s, "timestamp": "1764000100", "recipient_id": wa_id} for w, s in statuses
+        ]
+    return {"object": "whatsapp_business_account",
+            "entry": [{"id": "100200300", "changes": [{"field": "messages", "value": value}]}]}
+
+
+def migrate(url: str, fresh: bool = False) -> None:
+    """Apply the Alembic migrations to ``url`` (after wiping it, if ``fresh``)."""
+    from alembic import command
+    from alembic.config import Config
+
+    from waflow.db import get_engine
+
+    engine = get_engine(url)
+    if fresh:
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+            else:
+                for table in (*TABLES, "alembic_version"):
+                    conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.attributes["url"] = url
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, "head")
+
+
+def wipe(url: str) -> None:
+    from waflow.db import get_engine
+
+    engine = get_engine(url)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        else:
+            for table in TABLES:
+                conn.execute(sa.text(f"DELETE FROM {table}"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def purge_queues(broker_url: str, env: dict[str, str]) -> None:
+    """Empty every waflow queue on ``broker_url`` (a RabbitMQ vhost or the embedded folders)."""
+    code = ("from waflow.tasks import celery_app as a; from waflow import queues as q\n"
+            "with a.connection_for_write() as c:\n"
+            "    ch = c.default_channel\n"
+            "    for d in q.declarations(): d(ch).declare(); d(ch).purge()\n")
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True, timeout=60)
+
+
+class Stack:
+    """gunicorn and the ingestor, core and media workers, as the Procfile runs them."""
+
+    WORKERS = (("ingestor", "wa.incoming.raw"), ("core", "wa.incoming.normalized"),
+               ("media", "wa.media.processing"))
+
+    def __init__(self, *, database_url: str, broker_url: str, var_dir: str, secret: str = REFERENCE_SECRET):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/webhooks/whatsapp"
+        self.database_url = database_url
+        self.log_dir = Path(var_dir) / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("WAFLOW_TEST_")},
+            "WAFLOW_ENV": "production", "WHATSAPP_APP_SECRET": secret, "WHATSAPP_VERIFY_TOKEN": "let-me-in",
+            "FLOWER_BASIC_AUTH": "ops:secret", "DATABASE_URL": database_url, "CELERY_BROKER_URL": broker_url,
+            "WAFLOW_VAR_DIR": var_dir, "PORT": str(self.port), "PYTHONUNBUFFERED": "1",
+            "WEB_CONCURRENCY": "1", "WEB_THREADS": "8",
+        }
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self) -> "Stack":
+        bin_dir = Path(sys.executable).parent
+        purge_queues(self.env["CELERY_BROKER_URL"], self.env)
+        self._spawn("web", [str(bin_dir / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"])
+        for name, queue in self.WORKERS:
+            self._spawn(name, [str(bin_dir / "celery"), "-A", "waflow", "worker", "-Q", queue, "-n", f"{name}@%h",
+                               "-c", "2", "-l", "INFO", "--without-mingle", "--without-gossip"])
+        wait_for(self._web_ready, 30, what="gunicorn")
+        for name, _ in self.WORKERS:
+            wait_for(lambda n=name: "ready." in (self.log_dir / f"{n}.log").read_text(), 60, what=f"{name} worker")
+        return self
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        with open(self.log_dir / f"{name}.log", "w") as log:
+            proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        self.procs.append((name, proc))
+
+    def _web_ready(self) -> bool:
+        import requests
+
+        try:
+            return requests.get(self.url, timeout=1).status_code == 403
+        except requests.ConnectionError:
+            return False
+
+    def post(self, body: bytes, signature: str | None = None, timeout: float = 10):
+        import requests
+
+        return requests.post(self.url, data=body, timeout=timeout, headers={
+            "Content-Type": "application/json", "X-Hub-Signature-256": signature or sign(body)})
+
+    def logs(self) -> str:
+        return "\n".join(f"== {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.log_dir.glob("*.log")))
+
+    def stop(self) -> None:
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for _, proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)

@@ -1,0 +1,165 @@
+"""The whole inbound spine as deployed: real gunicorn and real Celery workers in subprocesses.
+
+Runs once on the embedded default (SQLite + kombu's filesystem transport) and,
+when their URLs are set, once on RabbitMQ + PostgreSQL.
+"""
+from __future__ import annotations
+
+import tempfile
+import threading
+
+import pytest
+import sqlalchemy as sa
+from kombu import Connection
+
+from conftest import SKIP_AMQP, SKIP_PG
+from fixtures import load_cases, to_bytes, unique_ids
+from support import AMQP_URL, PG_URL, Stack, compact, migrate, text_webhook, wait_for, wipe
+from waflow import config, queues
+from waflow.db import get_engine
+
+
+@pytest.fixture(scope="module", params=["embedded", "rabbitmq+postgresql"])
+def stack(request):
+    var_dir = tempfile.mkdtemp(prefix="waflow-e2e-")
+    if request.param == "embedded":
+        database_url, broker_url = f"sqlite:///{var_dir}/waflow.db", "filesystem://"
+    else:
+        if not PG_URL:
+            pytest.skip(SKIP_PG)
+        if not AMQP_URL:
+            pytest.skip(SKIP_AMQP)
+        database_url, broker_url = PG_URL, AMQP_URL
+    settings = config.load({"DATABASE_URL": database_url, "CELERY_BROKER_URL": broker_url,
+                            "WAFLOW_VAR_DIR": var_dir})
+    migrate(settings.database_url, fresh=True)
+    running = Stack(database_url=database_url, broker_url=broker_url, var_dir=var_dir)
+    running.settings = settings
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def live(stack):
+    """The running stack, with an empty database and dead-letter queue."""
+    wipe(stack.settings.database_url)
+    drain_dead_letters(stack)
+    yield stack
+
+
+def scalar(stack, sql: str, **params):
+    with get_engine(stack.settings.database_url).connect() as conn:
+        return conn.execute(sa.text(sql), params).scalar()
+
+
+def wait_rows(stack, table: str, expected: int, timeout: float = 60, where: str = "1=1") -> None:
+    try:
+        wait_for(lambda: scalar(stack, f"SELECT count(*) FROM {table} WHERE {where}") >= expected, timeout,
+                 interval=0.2, what=f"{expected} rows in {table}")
+    except AssertionError:
+        print(stack.logs())
+        raise
+
+
+def drain_dead_letters(stack, timeout: float = 0.0) -> list[dict]:
+    """Take every dead-letter record off the queue (waiting up to ``timeout`` for the first)."""
+    from waflow.dlq import DEAD_LETTER_QUEUE
+
+    records = []
+    with Connection(stack.settings.broker_url,
+                    transport_options=queues.transport_options(stack.settings)) as conn:
+        simple = conn.SimpleQueue(DEAD_LETTER_QUEUE)
+        wait = timeout
+        while True:
+            try:
+                message = simple.get(block=wait > 0, timeout=wait or None)
+            except simple.Empty:
+                break
+            records.append(message.payload)
+            message.ack()
+            wait = 0
+        simple.close()
+    return records
+
+
+def test_every_fixture_payload_ends_in_the_database(live):
+    expected = {"messages": 0, "message_statuses": 0, "webhook_events": 0, "media": 0}
+    for n, (stem, case, body) in enumerate(load_cases()):
+        doc = unique_ids(body, f"{stem}-{case}-{n}")
+        for entry in doc["entry"]:
+            for change in entry["changes"]:
+                value = change["value"]
+                if change["field"] != "messages":
+                    expected["webhook_events"] += 1
+                    continue
+                expected["messages"] += len(value.get("messages", []))
+                expected["message_statuses"] += len(value.get("statuses", []))
+                expected["webhook_events"] += len(value.get("errors", []))
+                for m in value.get("messages", []):
+                    m = m["edit"]["message"] if m["type"] == "edit" else m  # an edit can carry new media
+                    expected["media"] += m["type"] in ("image", "video", "audio", "document", "sticker")
+        response = live.post(to_bytes(doc))
+        assert response.status_code == 200, (stem, case, response.text)
+    for table, n in expected.items():
+        wait_rows(live, table, n)
+        assert scalar(live, f"SELECT count(*) FROM {table}") == n, table
+    # Spot checks of the right fields, straight from the fixtures.
+    assert scalar(live, "SELECT body FROM messages WHERE type = 'text' AND content LIKE '%Body Text%'"
+                  if live.settings.database_url.startswith("sqlite") else
+                  "SELECT body FROM messages WHERE type = 'text' AND content::text LIKE '%Body Text%'") == "Body Text"
+    assert scalar(live, "SELECT count(*) FROM messages WHERE phone_number_id = '1122334455667'") > 20
+    assert scalar(live, "SELECT count(*) FROM contacts WHERE user_id = 'US.13491208655302741918'") == 1
+    assert scalar(live, "SELECT count(*) FROM messages WHERE type = 'reaction' AND body IS NOT NULL") == 1
+    assert scalar(live, "SELECT count(*) FROM message_statuses WHERE status = 'failed' AND error_code = 130472") == 1
+    assert scalar(live, "SELECT count(*) FROM webhook_payloads") == len(load_cases())
+    assert scalar(live, "SELECT count(*) FROM media WHERE status = 'pending'") == expected["media"]
+    assert drain_dead_letters(live) == []
+
+
+def test_the_same_webhook_five_times_leaves_one_row(live):
+    body = compact(text_webhook(["wamid.FIVE"]))
+    threads = [threading.Thread(target=live.post, args=(body,)) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    live.post(compact(text_webhook(["wamid.AFTER"])))  # once this is stored, the five were handled
+    wait_rows(live, "messages", 1, where="wamid = 'wamid.AFTER'")
+    wait_for(lambda: scalar(live, "SELECT count(*) FROM webhook_payloads") == 2, 30, what="payloads")
+    assert scalar(live, "SELECT count(*) FROM messages WHERE wamid = 'wamid.FIVE'") == 1
+
+
+def test_messages_and_statuses_in_one_post_are_all_stored(live):
+    doc = text_webhook(["wamid.MIX1", "wamid.MIX2"], statuses=[("wamid.OUT1", "delivered"), ("wamid.OUT2", "read")])
+    assert live.post(compact(doc)).status_code == 200
+    wait_rows(live, "messages", 2)
+    wait_rows(live, "message_statuses", 2)
+
+
+def test_a_poison_payload_goes_to_the_dead_letter_queue_and_the_next_is_still_processed(live):
+    assert live.post(b'{"object": "whatsapp_business_account", "entry": [').status_code == 200
+    assert live.post(b'{"object":"page","entry":[]}').status_code == 200
+    assert live.post(compact(text_webhook(["wamid.NEXT"]))).status_code == 200
+    wait_rows(live, "messages", 1, where="wamid = 'wamid.NEXT'")
+    records = drain_dead_letters(live, timeout=10)
+    while len(records) < 2:
+        more = drain_dead_letters(live, timeout=10)
+        assert more, f"only {records} dead-lettered"
+        records += more
+    reasons = sorted(r["reason"] for r in records)
+    assert reasons[0].startswith("body is not JSON")
+    assert "'page'" in reasons[1]
+    assert {r["queue"] for r in records} == {"wa.incoming.raw"}
+    assert {r["error_type"] for r in records} == {"NotAWebhook"}
+
+
+def test_a_1000_update_batch_is_persisted(live):
+    wamids = [f"wamid.K{i:04d}" for i in range(600)]
+    doc = text_webhook(wamids, statuses=[(f"wamid.OUTK{i}", "sent") for i in range(400)])
+    assert live.post(compact(doc)).status_code == 200
+    wait_rows(live, "messages", 600, timeout=120)
+    wait_rows(live, "message_statuses", 400, timeout=60)
+    assert scalar(live, "SELECT count(DISTINCT wamid) FROM messages") == 600
