@@ -34,6 +34,10 @@ function init(args)
   wrk.headers["Content-Type"] = "application/json"
   wrk.headers["X-Hub-Signature-256"] = args[2]
   stop_at = tonumber(args[3])
+  -- Optional fixed rate for this thread (req/s): requests start on an even schedule, open loop,
+  -- as long as a connection is free; 0 or absent means closed loop (each reply starts the next).
+  interval = (tonumber(args[4]) or 0) > 0 and 1 / tonumber(args[4]) or 0
+  next_slot = 0
   sent, ok, other, first_sent, last_reply = 0, 0, 0, 0, 0
   statuses = {}
 end
@@ -46,7 +50,12 @@ function delay()
   end
   if first_sent == 0 then first_sent = t end
   sent = sent + 1
-  return 0
+  if interval == 0 then
+    return 0
+  end
+  -- Claim the next free slot of the schedule (never one in the past: a late start is not made up for).
+  next_slot = math.max(next_slot + interval, t)
+  return math.floor((next_slot - t) * 1000 + 0.5)
 end
 
 function response(status, headers, body)

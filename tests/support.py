@@ -192,12 +192,18 @@ class Stack:
         return "\n".join(f"== {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.log_dir.glob("*.log")))
 
     def stop(self) -> None:
+        # SIGTERM to each main process (a warm shutdown), then clear out whatever is left.
         for _, proc in self.procs:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+                proc.terminate()
+        deadline = time.monotonic() + 20
         for _, proc in self.procs:
             try:
-                proc.wait(15)
+                proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                pass
+            try:
                 os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+            except ProcessLookupError:
+                pass
+            proc.wait(5)

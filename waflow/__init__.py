@@ -14,7 +14,7 @@ from flask import Flask
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the Flask app; ``test_config`` overrides settings (tests pass a publisher or settings)."""
-    from waflow import config
+    from waflow import cli, config
     from waflow.broker import make_publisher
     from waflow.gateway import bp as gateway_bp
 
@@ -31,4 +31,5 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app.extensions["waflow.publisher"] = (test_config or {}).get("WAFLOW_PUBLISHER") or make_publisher(settings)
     app.register_blueprint(gateway_bp)
+    cli.register(app)
     return app
