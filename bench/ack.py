@@ -7,8 +7,11 @@ mode, broker ``amqp://.../waflow_bench``) with no worker consuming
 ``wa.incoming.raw``, purges that queue, and POSTs one signed ~1 KB text-message
 webhook:
 
-a. at a fixed rate (default 300 req/s for 20 s, ``hey -q``): p50, p99, max latency
-   and the status codes;
+a. at a fixed rate (default 300 req/s for 20 s): p50, p99, max latency and the
+   status codes, twice: with wrk starting requests on an even schedule (open
+   loop, one every 1/rate s), and with ``hey -q`` (its workers tick in step, so
+   requests come in bursts of ``--hey-workers`` every workers/rate s; bursts
+   raise the latency, which is why the even schedule is measured too);
 b. closed loop with wrk at rising connection counts (~10 s each): req/s of 200s
    and non-200s. After each run the 200s are matched against the growth of the
    queue's depth: every 200 must be a queued message (``lost`` counts 200s that
@@ -40,8 +43,12 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=int, default=20, help="seconds of the fixed-rate run (default 20)")
     p.add_argument("--rate", type=int, default=300, help="fixed rate, requests/s (default 300)")
-    p.add_argument("--hey-workers", type=int, default=30,
-                   help="hey workers for the fixed rate; each sends rate/workers req/s (default 30)")
+    p.add_argument("--fixed-tools", default="wrk,hey",
+                   help="tools for the fixed-rate run: wrk (even schedule), hey (bursts) or both (default)")
+    p.add_argument("--fixed-connections", type=int, default=32,
+                   help="wrk connections for the fixed rate: it stays open loop while fewer are busy (default 32)")
+    p.add_argument("--hey-workers", type=int, default=6,
+                   help="hey workers for the fixed rate; each sends rate/workers req/s, all at once (default 6)")
     p.add_argument("--step-duration", type=int, default=10, help="seconds of each wrk run (default 10)")
     p.add_argument("--connections", default="4,8,16,32,64,128",
                    help="wrk connection counts, comma-separated (default 4,8,16,32,64,128)")
@@ -79,13 +86,17 @@ def run_hey(url: str, body_file: Path, signature: str, rate: int, workers: int, 
 
 
 def run_wrk(url: str, body_file: Path, signature: str, connections: int, threads: int,
-            duration: int) -> dict[str, Any]:
-    """Closed loop with wrk; the script stops starting requests at ``duration`` and lets the last ones finish."""
+            duration: int, rate: float = 0) -> dict[str, Any]:
+    """wrk, closed loop, or open loop at ``rate`` req/s on an even schedule.
+
+    The script stops starting requests after ``duration`` and lets the last ones finish.
+    """
     drain = 3  # seconds after stop_at: longer than the gateway's publish timeout
+    threads = min(threads, connections)
     stop_at = time.time() + duration
-    cmd = ["wrk", "-t", str(min(threads, connections)), "-c", str(connections), "-d", f"{duration + drain}s",
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration + drain}s",
            "--timeout", "5s", "-s", str(common.BENCH_DIR / "wrk_post.lua"), url, "--",
-           str(body_file), signature, f"{stop_at:.3f}"]
+           str(body_file), signature, f"{stop_at:.3f}", f"{rate / threads:g}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=True).stdout
     found = re.search(r"^WAFLOW_WRK (.*)$", out, re.M)
     if found is None:
@@ -94,7 +105,8 @@ def run_wrk(url: str, body_file: Path, signature: str, connections: int, threads
     window = r["last_reply"] - r["first_sent"]
     errors = sum(r["errors"].values())
     return {
-        "tool": "wrk", "connections": connections, "threads": threads, "duration_s": window,
+        "tool": "wrk", "rate_target": rate or None, "connections": connections, "threads": threads,
+        "duration_s": window,
         "sent": r["sent"], "ok": r["ok"], "other": r["other"],
         "statuses": {200: r["ok"], **{int(k): v for k, v in r["other_statuses"].items()}},
         "errors": errors, "error_kinds": r["errors"],
@@ -136,10 +148,18 @@ def bench_server(name: str, app_module: str, args: argparse.Namespace, body_file
     with common.Processes(log_dir) as procs:
         procs.start(name, ["gunicorn", "-c", "gunicorn.conf.py", app_module], common.service_env(port))
         common.wait_http(procs, name, url)
-        print(f"[{name}] fixed rate {args.rate} req/s for {args.duration}s (hey) ...", flush=True)
-        fixed = measured(lambda: run_hey(url, body_file, signature, args.rate, args.hey_workers, args.duration),
-                         check_queue)
-        procs.check_alive(name)
+        fixed = []
+        for tool in [t.strip() for t in args.fixed_tools.split(",") if t.strip()]:
+            print(f"[{name}] fixed rate {args.rate} req/s for {args.duration}s ({tool}) ...", flush=True)
+            if tool == "wrk":
+                fixed.append(measured(lambda: run_wrk(url, body_file, signature, args.fixed_connections,
+                                                      args.wrk_threads, args.duration, args.rate), check_queue))
+            elif tool == "hey":
+                fixed.append(measured(lambda: run_hey(url, body_file, signature, args.rate, args.hey_workers,
+                                                      args.duration), check_queue))
+            else:
+                raise SystemExit(f"unknown fixed-rate tool {tool!r} (wrk or hey)")
+            procs.check_alive(name)
         steps = []
         for c in connections:
             print(f"[{name}] closed loop, {c} connections for {args.step_duration}s (wrk) ...", flush=True)
@@ -158,9 +178,13 @@ def bench_server(name: str, app_module: str, args: argparse.Namespace, body_file
 def print_report(results: dict[str, Any]) -> None:
     rows = []
     for name, r in results["servers"].items():
-        for run in [r["fixed_rate"], *r["closed_loop"]]:
-            label = (f"fixed {run['rate_target']}/s (hey -c {run['workers']})" if run["tool"] == "hey"
-                     else f"closed loop (wrk -c {run['connections']})")
+        for run in [*r["fixed_rate"], *r["closed_loop"]]:
+            if run["tool"] == "hey":
+                label = f"{run['rate_target']}/s bursts (hey -c {run['workers']})"
+            elif run["rate_target"]:
+                label = f"{run['rate_target']}/s even (wrk -c {run['connections']})"
+            else:
+                label = f"closed loop (wrk -c {run['connections']})"
             lat = run["latency_ms"]
             rows.append([name, label, run["ok_per_s"], run["ok"], run["other"], run["errors"],
                          lat["p50"], lat["p99"], lat["max"], run.get("queue_growth", "-"), run.get("check", "-")])

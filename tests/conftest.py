@@ -30,7 +30,15 @@ from waflow import config  # noqa: E402
 SKIP_PG = "WAFLOW_TEST_DATABASE_URL is not set: no PostgreSQL to test against (see README, 'Tests')"
 SKIP_AMQP = "WAFLOW_TEST_BROKER_URL is not set: no RabbitMQ to test against (see README, 'Tests')"
 
-requires_postgres = pytest.mark.skipif(not PG_URL, reason=SKIP_PG)
+
+
+def pytest_sessionstart(session) -> None:
+    # CI sets WAFLOW_TEST_REQUIRE_SERVICES=1: there, a missing service is a failure, not a skip.
+    if os.environ.get("WAFLOW_TEST_REQUIRE_SERVICES") == "1" and not (PG_URL and AMQP_URL):
+        pytest.exit("WAFLOW_TEST_REQUIRE_SERVICES=1 but WAFLOW_TEST_DATABASE_URL or WAFLOW_TEST_BROKER_URL "
+                    "is not set", returncode=3)
+
+
 requires_rabbitmq = pytest.mark.skipif(not AMQP_URL, reason=SKIP_AMQP)
 
 
