@@ -37,6 +37,7 @@ from waflow import queues  # noqa: E402  (queue names and declarations only; no 
 BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/waflow_bench"
 DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/waflow_bench"
 APP_SECRET = "waflow-bench-app-secret"
+VERIFY_TOKEN = "waflow-bench-verify-token"
 WEBHOOK_PATH = "/webhooks/whatsapp"
 
 # The business side of every generated webhook (values in Meta's formats).
@@ -134,7 +135,7 @@ def service_env(port: int, **extra: str) -> dict[str, str]:
         PORT=str(port),
         CELERY_BROKER_URL=BROKER_URL,
         WHATSAPP_APP_SECRET=APP_SECRET,
-        WHATSAPP_VERIFY_TOKEN="waflow-bench-verify-token",
+        WHATSAPP_VERIFY_TOKEN=VERIFY_TOKEN,
         FLOWER_BASIC_AUTH="bench:bench",
         PYTHONUNBUFFERED="1",
     )
@@ -157,6 +158,12 @@ def procfile_entry(name: str) -> tuple[dict[str, str], str]:
 def procfile_defaults(name: str) -> dict[str, str]:
     """The ``${VAR:-default}`` defaults in the Procfile's ``name`` command."""
     return dict(re.findall(r"\$\{(\w+):-([^}]*)\}", procfile_entry(name)[1]))
+
+
+def handshake_url(port: int) -> str:
+    """Meta's subscription handshake on the gateway: a 200 with ``ready`` once the app is up."""
+    return (f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
+            f"?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=ready")
 
 
 def free_port() -> int:

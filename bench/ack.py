@@ -18,7 +18,7 @@ b. closed loop with wrk at rising connection counts (~10 s each): req/s of 200s
    are not). More queued than 200s is reported as ``extra``: requests answered
    503 that the broker confirmed too late. The highest req/s of a run with no
    loss and no non-200 is the headline;
-c. the same against ``bench/bare_app.py`` (a Flask view that only answers 200)
+c. the same against ``bench/bare_app.py`` (a Flask view that only answers 200),
    under the same gunicorn config: the ceiling.
 
 Prints a table and writes ``bench/out/ack-<timestamp>.json``.
@@ -31,7 +31,7 @@ import re
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import _common as common
 from _common import queues
@@ -57,7 +57,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--port", type=int, default=0, help="gunicorn port (default: a free one)")
     p.add_argument("--skip-bare", action="store_true", help="do not measure the bare Flask ceiling")
     p.add_argument("--keep-queue", action="store_true", help="leave the messages in wa.incoming.raw at the end")
-    return p.parse_args()
+    args = p.parse_args()
+    args.fixed_tools = [t.strip() for t in args.fixed_tools.split(",") if t.strip()]
+    if set(args.fixed_tools) - {"wrk", "hey"}:
+        p.error("--fixed-tools takes wrk, hey or wrk,hey")
+    args.connections = [int(c) for c in args.connections.split(",") if c.strip()]
+    return args
 
 
 # --- load generators -------------------------------------------------------------------------------------------
@@ -120,10 +125,10 @@ def run_wrk(url: str, body_file: Path, signature: str, connections: int, threads
 # --- one server, several runs ----------------------------------------------------------------------------------
 
 
-def measured(run, check_queue: bool) -> dict[str, Any]:
-    """Run one load, then (waflow only) compare its 200s with the growth of wa.incoming.raw."""
+def measured(check_queue: bool, run: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``run(*args, **kwargs)`` one load, then (waflow only) match its 200s with the growth of wa.incoming.raw."""
     before = common.queue_depth(RAW) if check_queue else None
-    result = run()
+    result = run(*args, **kwargs)
     if check_queue:
         growth = common.settled_depth(RAW) - before
         result["queue_growth"] = growth
@@ -144,27 +149,24 @@ def bench_server(name: str, app_module: str, args: argparse.Namespace, body_file
     check_queue = name == "waflow"
     port = args.port or common.free_port()
     url = f"http://127.0.0.1:{port}{common.WEBHOOK_PATH}"
-    connections = [int(c) for c in args.connections.split(",") if c.strip()]
+    load = (url, body_file, signature)
     with common.Processes(log_dir) as procs:
         procs.start(name, ["gunicorn", "-c", "gunicorn.conf.py", app_module], common.service_env(port))
-        common.wait_http(procs, name, url)
+        # waflow answers Meta's handshake; the bare app answers 405 to a GET, which says it is up too.
+        common.wait_http(procs, name, common.handshake_url(port))
         fixed = []
-        for tool in [t.strip() for t in args.fixed_tools.split(",") if t.strip()]:
+        for tool in args.fixed_tools:
             print(f"[{name}] fixed rate {args.rate} req/s for {args.duration}s ({tool}) ...", flush=True)
             if tool == "wrk":
-                fixed.append(measured(lambda: run_wrk(url, body_file, signature, args.fixed_connections,
-                                                      args.wrk_threads, args.duration, args.rate), check_queue))
-            elif tool == "hey":
-                fixed.append(measured(lambda: run_hey(url, body_file, signature, args.rate, args.hey_workers,
-                                                      args.duration), check_queue))
+                fixed.append(measured(check_queue, run_wrk, *load, args.fixed_connections, args.wrk_threads,
+                                      args.duration, rate=args.rate))
             else:
-                raise SystemExit(f"unknown fixed-rate tool {tool!r} (wrk or hey)")
+                fixed.append(measured(check_queue, run_hey, *load, args.rate, args.hey_workers, args.duration))
             procs.check_alive(name)
         steps = []
-        for c in connections:
-            print(f"[{name}] closed loop, {c} connections for {args.step_duration}s (wrk) ...", flush=True)
-            steps.append(measured(lambda: run_wrk(url, body_file, signature, c, args.wrk_threads,
-                                                  args.step_duration), check_queue))
+        for connections in args.connections:
+            print(f"[{name}] closed loop, {connections} connections for {args.step_duration}s (wrk) ...", flush=True)
+            steps.append(measured(check_queue, run_wrk, *load, connections, args.wrk_threads, args.step_duration))
             procs.check_alive(name)
     clean = [s for s in steps if s["other"] == 0 and s["errors"] == 0 and s.get("lost", 0) == 0]
     best = max(clean, key=lambda s: s["ok_per_s"] or 0, default=None)

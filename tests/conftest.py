@@ -101,3 +101,12 @@ def db(db_url):
 
 def count(session, table: str, where: str = "1=1", **params) -> int:
     return session.execute(sa.text(f"SELECT count(*) FROM {table} WHERE {where}"), params).scalar_one()
+
+
+@pytest.fixture
+def settings_for_app(settings):
+    """An app with a recording publisher, for tests that post many requests."""
+    from waflow import create_app
+
+    publisher = RecordingPublisher()
+    return create_app({"TESTING": True, "WAFLOW_SETTINGS": settings, "WAFLOW_PUBLISHER": publisher}), publisher

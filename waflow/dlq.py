@@ -24,7 +24,7 @@ DEAD_LETTER_QUEUE = Queue(queues.DEAD_LETTER, queues.EXCHANGE, routing_key=queue
 
 
 def make_record(*, queue: str, task: str, reason: str, error_type: str, payload: Any,
-                received_at: float | None = None, retries: int = 0,
+                received_at: float | None = None, retries: int = 0, task_id: str | None = None,
                 exc: BaseException | None = None) -> dict[str, Any]:
     """Build a dead-letter record."""
     now = datetime.now(timezone.utc).isoformat()
@@ -32,6 +32,7 @@ def make_record(*, queue: str, task: str, reason: str, error_type: str, payload:
         "id": str(uuid.uuid4()),
         "queue": queue,
         "task": task,
+        "task_id": task_id,
         "reason": reason,
         "error_type": error_type,
         "traceback": "".join(traceback.format_exception(exc)) if exc is not None else None,

@@ -114,7 +114,8 @@ def _error(e: dict[str, Any]) -> MetaError:
 
 def _contact(value: dict[str, Any], wa_id: str | None, user_id: str | None) -> ContactInfo | None:
     """The contact entry that belongs to this sender (``contacts[]`` is absent for some updates)."""
-    cards = [c for c in value.get("contacts") or [] if isinstance(c, dict)] if isinstance(value, dict) else []
+    found = value.get("contacts") if isinstance(value, dict) else None
+    cards = [c for c in found if isinstance(c, dict)] if isinstance(found, list) else []
     card = next((c for c in cards if wa_id and c.get("wa_id") == wa_id), None)
     card = card or next((c for c in cards if user_id and c.get("user_id") == user_id), None)
     if card is None and len(cards) == 1 and not _contradicts(cards[0], wa_id, user_id):
@@ -385,6 +386,10 @@ def split_webhook(raw: bytes, received_at: float) -> Batch:
                     batch.events.append(build())
                 except (BadUpdate, ValidationError) as exc:
                     batch.rejected.append((_reason(exc), update))
+                except (TypeError, ValueError, AttributeError, KeyError) as exc:
+                    # A shape no rule above foresaw: set this update aside with a reason, keep the rest.
+                    logger.exception("ingest_raw: unforeseen update shape in payload %s", batch.sha256[:12])
+                    batch.rejected.append((f"unreadable update: {type(exc).__name__}: {exc}", update))
     return batch
 
 

@@ -38,7 +38,7 @@ class WebhookPayload(Base):
     __tablename__ = "webhook_payloads"
 
     id: Mapped[intpk]
-    sha256: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    sha256: Mapped[str] = mapped_column(sa.Text, unique=True)
     body: Mapped[bytes] = mapped_column(sa.LargeBinary)
     size: Mapped[int]
     received_at: Mapped[tstamp]
@@ -52,9 +52,9 @@ class Contact(Base):
     __table_args__ = (sa.CheckConstraint("wa_id IS NOT NULL OR user_id IS NOT NULL", name="contact_has_an_id"),)
 
     id: Mapped[intpk]
-    wa_id: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
-    user_id: Mapped[str | None] = mapped_column(sa.String(128), unique=True)
-    parent_user_id: Mapped[str | None] = mapped_column(sa.String(128))
+    wa_id: Mapped[str | None] = mapped_column(sa.Text, unique=True)
+    user_id: Mapped[str | None] = mapped_column(sa.Text, unique=True)
+    parent_user_id: Mapped[str | None] = mapped_column(sa.Text)
     name: Mapped[str | None] = mapped_column(sa.Text)
     username: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[created_at]
@@ -69,8 +69,8 @@ class Conversation(Base):
 
     id: Mapped[intpk]
     contact_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("contacts.id"))
-    phone_number_id: Mapped[str] = mapped_column(sa.String(64))
-    display_phone_number: Mapped[str | None] = mapped_column(sa.String(64))
+    phone_number_id: Mapped[str] = mapped_column(sa.Text)
+    display_phone_number: Mapped[str | None] = mapped_column(sa.Text)
     # Opens the 24-hour customer-service window; the outbound stage checks it.
     last_inbound_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     created_at: Mapped[created_at]
@@ -82,19 +82,19 @@ class Message(Base):
     __tablename__ = "messages"
 
     id: Mapped[intpk]
-    wamid: Mapped[str] = mapped_column(sa.String(255), unique=True)
+    wamid: Mapped[str] = mapped_column(sa.Text, unique=True)
     conversation_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("conversations.id"), index=True)
     contact_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("contacts.id"))
-    phone_number_id: Mapped[str] = mapped_column(sa.String(64))
-    direction: Mapped[str] = mapped_column(sa.String(8))  # inbound | outbound
-    type: Mapped[str] = mapped_column(sa.String(64))
+    phone_number_id: Mapped[str] = mapped_column(sa.Text)
+    direction: Mapped[str] = mapped_column(sa.Text)  # inbound | outbound
+    type: Mapped[str] = mapped_column(sa.Text)
     body: Mapped[str | None] = mapped_column(sa.Text)
     sent_at: Mapped[tstamp]
     received_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
-    context_wamid: Mapped[str | None] = mapped_column(sa.String(255))
+    context_wamid: Mapped[str | None] = mapped_column(sa.Text)
     content: Mapped[json_doc]
     # Current delivery status of an outbound message (see STATUS_RANK).
-    status: Mapped[str | None] = mapped_column(sa.String(16))
+    status: Mapped[str | None] = mapped_column(sa.Text)
     status_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     created_at: Mapped[created_at]
 
@@ -106,12 +106,12 @@ class MessageStatus(Base):
     __table_args__ = (sa.UniqueConstraint("wamid", "status", name="one_row_per_status"),)
 
     id: Mapped[intpk]
-    wamid: Mapped[str] = mapped_column(sa.String(255), index=True)
-    status: Mapped[str] = mapped_column(sa.String(16))
+    wamid: Mapped[str] = mapped_column(sa.Text, index=True)
+    status: Mapped[str] = mapped_column(sa.Text)
     timestamp: Mapped[tstamp]
-    phone_number_id: Mapped[str | None] = mapped_column(sa.String(64))
-    recipient_id: Mapped[str | None] = mapped_column(sa.String(128))
-    recipient_user_id: Mapped[str | None] = mapped_column(sa.String(128))
+    phone_number_id: Mapped[str | None] = mapped_column(sa.Text)
+    recipient_id: Mapped[str | None] = mapped_column(sa.Text)
+    recipient_user_id: Mapped[str | None] = mapped_column(sa.Text)
     biz_opaque_callback_data: Mapped[str | None] = mapped_column(sa.Text)
     error_code: Mapped[int | None]
     content: Mapped[json_doc]
@@ -125,15 +125,15 @@ class Media(Base):
     __tablename__ = "media"
 
     id: Mapped[intpk]
-    media_id: Mapped[str] = mapped_column(sa.String(255), unique=True)
-    wamid: Mapped[str] = mapped_column(sa.String(255), index=True)
-    phone_number_id: Mapped[str | None] = mapped_column(sa.String(64))
-    kind: Mapped[str] = mapped_column(sa.String(32))
-    mime_type: Mapped[str | None] = mapped_column(sa.String(255))
-    sha256: Mapped[str | None] = mapped_column(sa.String(128))
+    media_id: Mapped[str] = mapped_column(sa.Text, unique=True)
+    wamid: Mapped[str] = mapped_column(sa.Text, index=True)
+    phone_number_id: Mapped[str | None] = mapped_column(sa.Text)
+    kind: Mapped[str] = mapped_column(sa.Text)
+    mime_type: Mapped[str | None] = mapped_column(sa.Text)
+    sha256: Mapped[str | None] = mapped_column(sa.Text)
     filename: Mapped[str | None] = mapped_column(sa.Text)
     url: Mapped[str | None] = mapped_column(sa.Text)
-    status: Mapped[str] = mapped_column(sa.String(16), default="pending")
+    status: Mapped[str] = mapped_column(sa.Text, default="pending")
     created_at: Mapped[created_at]
 
 
@@ -143,11 +143,11 @@ class WebhookEvent(Base):
     __tablename__ = "webhook_events"
 
     id: Mapped[intpk]
-    event_id: Mapped[str] = mapped_column(sa.String(255), unique=True)
-    kind: Mapped[str] = mapped_column(sa.String(16))  # field | error
-    field: Mapped[str] = mapped_column(sa.String(128), index=True)
-    waba_id: Mapped[str | None] = mapped_column(sa.String(64))
-    phone_number_id: Mapped[str | None] = mapped_column(sa.String(64))
+    event_id: Mapped[str] = mapped_column(sa.Text, unique=True)
+    kind: Mapped[str] = mapped_column(sa.Text)  # field | error
+    field: Mapped[str] = mapped_column(sa.Text, index=True)
+    waba_id: Mapped[str | None] = mapped_column(sa.Text)
+    phone_number_id: Mapped[str | None] = mapped_column(sa.Text)
     content: Mapped[json_doc]
     received_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     created_at: Mapped[created_at]

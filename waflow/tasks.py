@@ -64,12 +64,26 @@ def describe_args(args: tuple | list) -> str:
 
 
 class StageTask(Task):
-    """Base task: redacted argument representations on every publish, retries included."""
+    """Base task: redacted argument representations on every publish, retries included,
+    and a failure handler that keeps what failed for good in the dead-letter queue."""
 
     def apply_async(self, args=None, kwargs=None, **options):  # type: ignore[override]
         options.setdefault("argsrepr", describe_args(args or ()))
         options.setdefault("kwargsrepr", "{" + ", ".join(f"{k}: {describe(v)}" for k, v in (kwargs or {}).items()) + "}")
         return super().apply_async(args, kwargs, **options)
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[override]
+        """Publish a dead-letter record for a task that failed for good (retries spent, or a permanent error).
+
+        It runs before the message is acknowledged, so the record is on the broker first.
+        """
+        from waflow import dlq
+
+        logger.error("%s[%s] failed for good after %d retries (%s): dead-lettered",
+                     self.name, task_id, self.request.retries, type(exc).__name__)
+        dlq.dead_letter(queue=self.queue, task=self.name, task_id=task_id, reason=f"{type(exc).__name__}: {exc}",
+                        error_type=type(exc).__name__, payload={"args": list(args), "kwargs": kwargs},
+                        retries=self.request.retries, exc=exc)
 
 
 def stage_task(*, name: str, queue: str, **options: Any) -> Callable[[Callable[..., Any]], Task]:

@@ -1,0 +1,73 @@
+"""Configuration: one module, a default per variable, loud failures in production."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from support import ROOT
+from waflow import config
+
+
+def test_every_variable_has_a_working_default():
+    settings = config.load({})
+    assert settings.env == "development"
+    assert settings.database_url.startswith("sqlite:///") and settings.database_url.endswith("/var/waflow.db")
+    assert settings.embedded_broker
+    assert settings.max_body_bytes == 3 * 1024 * 1024
+    assert (settings.port, settings.web_concurrency, settings.web_threads) == (5000, 2, 16)
+
+
+@pytest.mark.parametrize("missing", ["WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN", "FLOWER_BASIC_AUTH"])
+def test_production_refuses_to_start_without_a_secret_and_names_it(missing):
+    env = {"WAFLOW_ENV": "production", "WHATSAPP_APP_SECRET": "s", "WHATSAPP_VERIFY_TOKEN": "t",
+           "FLOWER_BASIC_AUTH": "a:b"}
+    del env[missing]
+    with pytest.raises(config.ConfigError, match=missing):
+        config.load(env)
+
+
+def test_the_web_process_stops_at_start_naming_the_missing_secret():
+    env = {"WAFLOW_ENV": "production", "WHATSAPP_VERIFY_TOKEN": "t", "FLOWER_BASIC_AUTH": "a:b", "PATH": ""}
+    result = subprocess.run([sys.executable, "-c", "import wsgi"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0
+    assert "WHATSAPP_APP_SECRET is not set" in result.stderr
+
+
+@pytest.mark.parametrize("url", ["postgres://u:p@db:5432/waflow", "postgresql://u:p@db:5432/waflow"])
+def test_it_accepts_heroku_style_postgres_urls(url):
+    assert config.load({"DATABASE_URL": url}).database_url == "postgresql+psycopg2://u:p@db:5432/waflow"
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("WAFLOW_ENV", "staging", "WAFLOW_ENV must be one of"),
+    ("PORT", "http", "PORT must be a whole number"),
+    ("WEB_THREADS", "0", "WEB_THREADS must be between"),
+    ("WAFLOW_PUBLISH_TIMEOUT", "soon", "WAFLOW_PUBLISH_TIMEOUT must be a number"),
+])
+def test_it_refuses_malformed_values_naming_the_variable(name, value, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.load({name: value})
+
+
+def test_settings_never_show_a_secret():
+    settings = config.load({"WHATSAPP_APP_SECRET": "s3cr3t-value", "DATABASE_URL": "postgres://u:pw-db@h/d",
+                            "CELERY_BROKER_URL": "amqp://u:pw-broker@h//", "FLOWER_BASIC_AUTH": "a:pw-flower"})
+    shown = repr(settings) + str(settings)
+    for secret in ("s3cr3t-value", "pw-db", "pw-broker", "pw-flower"):
+        assert secret not in shown
+
+
+def test_the_readme_documents_every_variable():
+    readme = (ROOT / "README.md").read_text()
+    table = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", readme, flags=re.M))
+    assert set(config.VARIABLES) <= table
+
+
+def test_no_module_but_config_reads_the_environment():
+    offenders = [p.name for p in (ROOT / "waflow").glob("*.py")
+                 if p.name != "config.py" and re.search(r"os\.environ|os\.getenv", p.read_text())]
+    assert offenders == []

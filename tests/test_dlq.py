@@ -1,0 +1,55 @@
+"""The dead-letter queue: what fails for good is kept, with its reason, never dropped."""
+from __future__ import annotations
+
+import pytest
+
+from waflow import queues
+from waflow.dlq import DEAD_LETTER_QUEUE
+from waflow.tasks import celery_app
+
+
+@pytest.fixture
+def dead_letters():
+    """Read the records published to wa.dead_letter (on the in-process embedded broker)."""
+    with celery_app.connection_for_write() as conn:
+        simple = conn.SimpleQueue(DEAD_LETTER_QUEUE)
+        simple.clear()
+
+        def read() -> list[dict]:
+            records = []
+            while True:
+                try:
+                    message = simple.get(timeout=2 if not records else 0.2)
+                except simple.Empty:
+                    return records
+                records.append(message.payload)
+                message.ack()
+
+        yield read
+        simple.close()
+
+
+def test_a_task_that_fails_for_good_is_dead_lettered_with_its_arguments_and_error(dead_letters):
+    from waflow.core import handle_normalized
+
+    bad_event = {"event_id": "message:wamid.BAD", "kind": "message"}  # not a valid normalized event
+    result = handle_normalized.apply(args=(bad_event,))
+    assert result.failed()
+    [record] = dead_letters()
+    assert record["queue"] == queues.INCOMING_NORMALIZED
+    assert record["task"] == "waflow.core.handle_normalized"
+    assert record["error_type"] == "ValidationError"
+    assert record["payload"] == {"args": [bad_event], "kwargs": {}}
+    assert "ValidationError" in record["traceback"]
+    assert record["retries"] == 0
+
+
+def test_a_body_that_is_not_a_webhook_is_dead_lettered_at_once_with_its_reason(dead_letters):
+    from waflow.ingestor import ingest_raw
+
+    assert ingest_raw.apply(args=('{"object":"instagram","entry":[]}', 1764000000.0)).get() == 0
+    [record] = dead_letters()
+    assert record["error_type"] == "NotAWebhook"
+    assert record["reason"] == "object is 'instagram', not 'whatsapp_business_account'"
+    assert record["payload"] == '{"object":"instagram","entry":[]}'
+    assert record["received_at"] == 1764000000.0

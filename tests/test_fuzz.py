@@ -1,0 +1,90 @@
+"""Fuzzing the webhook and the ingestor: no input makes them crash, every bad one gets a reason."""
+from __future__ import annotations
+
+import copy
+import json
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from fixtures import load_cases, to_bytes
+from support import RecordingPublisher, sign
+from waflow.events import NormalizedEvent
+from waflow.ingestor import NotAWebhook, split_webhook
+
+CASES = [body for _, _, body in load_cases()]
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**63) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _paths(node, prefix=()):
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _paths(v, prefix + (i,))
+
+
+@st.composite
+def mutated_webhooks(draw):
+    """A real fixture with one node replaced, deleted, or given a wrong type."""
+    doc = copy.deepcopy(draw(st.sampled_from(CASES)))
+    paths = [p for p in _paths(doc) if p]
+    path = draw(st.sampled_from(paths))
+    parent = doc
+    for key in path[:-1]:
+        parent = parent[key]
+    if isinstance(parent, dict) and draw(st.booleans()):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = draw(json_values)
+    return doc
+
+
+def _check_split(raw: bytes) -> None:
+    try:
+        batch = split_webhook(raw, 1764000000.0)
+    except NotAWebhook as exc:
+        assert str(exc)
+        return
+    for event in batch.events:
+        NormalizedEvent.model_validate_json(event.model_dump_json())
+    for reason, _update in batch.rejected:
+        assert isinstance(reason, str) and reason
+    assert len({e.event_id for e in batch.events if e.kind in ("message", "status")}) <= len(batch.events)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512))
+def test_the_ingestor_survives_arbitrary_bytes(raw):
+    _check_split(raw)
+
+
+@settings(max_examples=600, deadline=None)
+@given(mutated_webhooks())
+def test_the_ingestor_survives_mutated_meta_payloads(doc):
+    _check_split(to_bytes(doc))
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values)
+def test_the_ingestor_gives_a_reason_for_any_json_that_is_not_a_webhook(doc):
+    _check_split(json.dumps(doc).encode())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(max_size=256), header=st.one_of(st.none(), st.text(st.characters(exclude_characters="\r\n"), max_size=80)))
+def test_the_webhook_never_answers_500(settings_for_app, body, header):
+    app, publisher = settings_for_app
+    headers = {} if header is None else {"X-Hub-Signature-256": header}
+    assert app.test_client().post("/webhooks/whatsapp", data=body, headers=headers).status_code in (401, 403)
+    good = app.test_client().post("/webhooks/whatsapp", data=body, headers={"X-Hub-Signature-256": sign(body)})
+    assert good.status_code == 200
+    assert publisher.published[-1][0] == body
+
+

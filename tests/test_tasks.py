@@ -1,0 +1,87 @@
+"""Celery wiring: queues, routes, the Procfile, and what Flower may show."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from support import ROOT
+from waflow import queues
+from waflow.celery import app
+from waflow.tasks import describe_args
+
+STAGE_TASKS = {name: task for name, task in app.tasks.items() if name.startswith("waflow.")}
+
+
+def _procfile_queues(name: str) -> dict[str, str]:
+    lines = (ROOT / name).read_text().splitlines()
+    found = {}
+    for line in lines:
+        match = re.match(r"^(\w+): .*celery -A waflow worker -Q ([\w.,]+) -n (\w+)@%h", line)
+        if match:
+            assert match.group(1) == match.group(3), line
+            found[match.group(2)] = match.group(1)
+    return found
+
+
+def test_every_seed_queue_and_the_dead_letter_queue_are_declared_durable():
+    declared = {q.name: q for q in app.conf.task_queues}
+    assert set(declared) == set(queues.SEED_QUEUES) | {"wa.dead_letter"}
+    assert all(q.durable and q.exchange.durable and q.routing_key == q.name for q in declared.values())
+
+
+def test_every_task_is_routed_by_its_pinned_name_to_its_own_queue():
+    assert set(STAGE_TASKS) == {"waflow.ingestor.ingest_raw", "waflow.core.handle_normalized",
+                                "waflow.media.record_media"}
+    for name, task in STAGE_TASKS.items():
+        assert app.conf.task_routes[name] == {"queue": task.queue}
+        assert name.split(".")[1] == task.__module__.split(".")[1]  # waflow.<stage>.<task> lives in waflow/<stage>.py
+
+
+def test_every_task_acknowledges_late_and_retries_only_transient_errors():
+    from sqlalchemy.exc import OperationalError
+
+    for task in STAGE_TASKS.values():
+        assert task.acks_late and task.ignore_result
+        assert OperationalError in task.autoretry_for
+        assert ValueError not in task.autoretry_for
+        assert task.max_retries == 3
+
+
+def test_a_routing_typo_raises_instead_of_creating_a_queue():
+    assert app.conf.task_create_missing_queues is False
+
+
+@pytest.mark.parametrize("procfile", ["Procfile", "Procfile.dev"])
+def test_each_consumed_queue_has_exactly_one_worker_line(procfile):
+    consumed = {task.queue for task in STAGE_TASKS.values()}
+    assert set(_procfile_queues(procfile)) == consumed
+
+
+def test_the_procfile_has_web_release_and_flower():
+    lines = dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line)
+    assert lines["release"] == "alembic upgrade head"
+    assert lines["web"].startswith("gunicorn -c gunicorn.conf.py wsgi:app")
+    assert lines["flower"].startswith("celery -A waflow flower --port=$PORT")
+
+
+def test_task_arguments_shown_in_flower_carry_ids_not_client_text():
+    event = {"event_id": "message:wamid.X", "message": {"text": "my divorce papers"}}
+    shown = describe_args((event, "my divorce papers", 12, None))
+    assert shown == "(<message:wamid.X>, <17 chars>, 12, None)"
+    assert "divorce" not in shown
+
+
+def test_published_task_messages_carry_the_redacted_representation():
+    from waflow.core import handle_normalized
+
+    queue = [q for q in app.conf.task_queues if q.name == queues.INCOMING_NORMALIZED][0]
+    with app.connection_for_write() as conn:
+        simple = conn.SimpleQueue(queue)
+        simple.clear()
+        handle_normalized.apply_async(({"event_id": "message:wamid.R", "text": "privileged"},))
+        message = simple.get(timeout=5)
+        message.ack()
+        simple.close()
+    assert message.headers["argsrepr"] == "(<message:wamid.R>)"
+    assert "privileged" not in message.headers["argsrepr"] + message.headers["kwargsrepr"]
