@@ -157,3 +157,32 @@ def test_it_recovers_when_its_connection_was_closed_behind_its_back(rabbit):
     publisher._conn.connection.sock.close()  # as after a broker restart or a network cut
     publisher.publish_raw(REFERENCE_BODY, time.time())
     assert _depth(conn) == 2
+
+
+def test_the_embedded_transport_never_hands_a_consumer_half_a_message(tmp_path):
+    from waflow import config
+
+    settings = config.load({"WAFLOW_VAR_DIR": str(tmp_path)})
+    options = queues.transport_options(settings)
+    queue = [q for q in queues.declarations() if q.name == queues.MEDIA_PROCESSING][0]
+    payload = {"blob": "x" * 200_000}
+    received: list[dict] = []
+
+    def consume() -> None:
+        with Connection("embedded://", transport_options=options) as conn:
+            simple = conn.SimpleQueue(queue)
+            while len(received) < 200:
+                message = simple.get(timeout=10)  # a torn file would raise a JSONDecodeError here
+                received.append(message.payload)
+                message.ack()
+            simple.close()
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    with Connection("embedded://", transport_options=options) as conn:
+        simple = conn.SimpleQueue(queue)
+        for _ in range(200):
+            simple.put(payload)
+        simple.close()
+    consumer.join(30)
+    assert len(received) == 200 and all(r == payload for r in received)

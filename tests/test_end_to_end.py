@@ -23,7 +23,7 @@ from waflow.db import get_engine
 def stack(request):
     var_dir = tempfile.mkdtemp(prefix="waflow-e2e-")
     if request.param == "embedded":
-        database_url, broker_url = f"sqlite:///{var_dir}/waflow.db", "filesystem://"
+        database_url, broker_url = f"sqlite:///{var_dir}/waflow.db", "embedded://"
     else:
         if not PG_URL:
             pytest.skip(SKIP_PG)

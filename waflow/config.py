@@ -51,7 +51,8 @@ def _database_url(env: Mapping[str, str]) -> str:
 
 
 def _broker_url(env: Mapping[str, str]) -> str:
-    return env.get("CELERY_BROKER_URL") or "filesystem://"
+    # waflow.embedded: kombu's filesystem transport with atomic writes, under WAFLOW_VAR_DIR.
+    return env.get("CELERY_BROKER_URL") or "embedded://"
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -104,8 +105,8 @@ class Settings:
 
     @property
     def embedded_broker(self) -> bool:
-        """True on the no-server default (kombu's filesystem transport)."""
-        return self.broker_url.startswith("filesystem://")
+        """True on the no-server default (``embedded://``, or kombu's stock ``filesystem://``)."""
+        return self.broker_url.split("://", 1)[0] in ("embedded", "filesystem")
 
     @property
     def amqp_broker(self) -> bool:

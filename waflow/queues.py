@@ -10,6 +10,7 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
+from waflow import embedded  # noqa: F401  (registers the embedded:// transport)
 from waflow.config import Settings
 
 INCOMING_RAW = "wa.incoming.raw"
@@ -41,12 +42,13 @@ def declarations() -> list[Queue]:
 def transport_options(settings: Settings) -> dict[str, Any]:
     """kombu transport options for the configured broker."""
     if settings.embedded_broker:
-        # kombu's filesystem transport: one folder shared by the web process and every
-        # worker. Absolute paths, since kombu's default control folder is relative.
+        # waflow.embedded (kombu's filesystem transport, atomic writes): one folder shared by the
+        # web process and every worker. Absolute paths: kombu's default control folder is relative.
         broker_dir = settings.var_dir / "broker"
-        for folder in ("queue", "control"):  # the transport expects them to exist
+        for folder in ("queue", "control", "staging"):  # the transport expects them to exist
             (broker_dir / folder).mkdir(parents=True, exist_ok=True)
         return {
+            "staging_folder": str(broker_dir / "staging"),
             "data_folder_in": str(broker_dir / "queue"),
             "data_folder_out": str(broker_dir / "queue"),
             "control_folder": str(broker_dir / "control"),
