@@ -163,15 +163,15 @@ def test_the_embedded_transport_never_hands_a_consumer_half_a_message(tmp_path):
     from waflow import config
 
     settings = config.load({"WAFLOW_VAR_DIR": str(tmp_path)})
-    options = queues.transport_options(settings)
+    options = {**queues.transport_options(settings), "polling_interval": 0}  # poll as fast as possible
     queue = [q for q in queues.declarations() if q.name == queues.MEDIA_PROCESSING][0]
-    payload = {"blob": "x" * 200_000}
+    payload = {"blob": "x" * 2_000_000}
     received: list[dict] = []
 
     def consume() -> None:
         with Connection("embedded://", transport_options=options) as conn:
             simple = conn.SimpleQueue(queue)
-            while len(received) < 200:
+            while len(received) < 100:
                 message = simple.get(timeout=10)  # a torn file would raise a JSONDecodeError here
                 received.append(message.payload)
                 message.ack()
@@ -181,8 +181,8 @@ def test_the_embedded_transport_never_hands_a_consumer_half_a_message(tmp_path):
     consumer.start()
     with Connection("embedded://", transport_options=options) as conn:
         simple = conn.SimpleQueue(queue)
-        for _ in range(200):
+        for _ in range(100):
             simple.put(payload)
         simple.close()
     consumer.join(30)
-    assert len(received) == 200 and all(r == payload for r in received)
+    assert len(received) == 100 and all(r == payload for r in received)
