@@ -32,7 +32,7 @@ OUT_DIR = BENCH_DIR / "out"
 VENV_BIN = Path(sys.executable).parent
 
 sys.path.insert(0, str(ROOT))
-from waflow import queues  # noqa: E402  (queue names and declarations only; no settings are read)
+from waflow import queues  # noqa: E402  (names and declarations; it loads waflow.config from this environment)
 
 BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/waflow_bench"
 DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/waflow_bench"
