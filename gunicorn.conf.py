@@ -14,3 +14,5 @@ keepalive = 5
 accesslog = None
 errorlog = "-"
 loglevel = settings.log_level.lower()
+# gunicorn 27's control socket sits at one fixed path per user: several gunicorns on a host would share it.
+control_socket_disable = True

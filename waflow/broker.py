@@ -123,8 +123,12 @@ class ConfirmingPublisher:
         with self._cv:
             if self._pid == os.getpid():
                 return
+            # Forget, without closing, what the parent owned: its socket is not ours to use.
             self._queue.clear()
-            self._conn = None
+            self._conn = self._channel = None
+            self._unconfirmed.clear()
+            self._by_task.clear()
+            self._returned = False
             self._pid = os.getpid()
             threading.Thread(target=self._run, name="waflow-publisher", daemon=True).start()
 

@@ -6,12 +6,14 @@ Whatever the seed topic, this module is the only place a queue name is spelled.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kombu import Exchange, Queue
 
 from waflow import embedded  # noqa: F401  (registers the embedded:// transport)
-from waflow.config import Settings
+
+if TYPE_CHECKING:
+    from waflow.config import Settings
 
 INCOMING_RAW = "wa.incoming.raw"
 INCOMING_NORMALIZED = "wa.incoming.normalized"
@@ -39,7 +41,7 @@ def declarations() -> list[Queue]:
     return [Queue(name, EXCHANGE, routing_key=name, durable=True) for name in ALL_QUEUES]
 
 
-def transport_options(settings: Settings) -> dict[str, Any]:
+def transport_options(settings: "Settings") -> dict[str, Any]:
     """kombu transport options for the configured broker."""
     if settings.embedded_broker:
         # waflow.embedded (kombu's filesystem transport, atomic writes): one folder shared by the
