@@ -38,8 +38,10 @@ task_acks_late = True
 # Held (prefetched) messages are few: per process, four in flight at most.
 worker_prefetch_multiplier = 4
 
-# Flower and `celery events` see task state; argsrepr keeps client text out of them.
-worker_send_task_events = True
+# Task events cost three publishes per task (about 14% of end-to-end throughput, see
+# docs/benchmarks.md), so workers send none until a monitor asks: Flower switches them on
+# (its enable_events broadcast) while it runs. argsrepr keeps client text out of them.
+worker_send_task_events = False
 task_send_sent_event = False
 
 imports = ("waflow.ingestor", "waflow.core", "waflow.media")

@@ -90,15 +90,6 @@ def db_url(request) -> str:
     return url
 
 
-@pytest.fixture
-def db(db_url):
-    """A session in one transaction, committed at the end of the test."""
-    from waflow.db import session_scope
-
-    with session_scope(db_url) as session:
-        yield session
-
-
 def count(session, table: str, where: str = "1=1", **params) -> int:
     return session.execute(sa.text(f"SELECT count(*) FROM {table} WHERE {where}"), params).scalar_one()
 

@@ -11,7 +11,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import sqlalchemy as sa
 
@@ -74,6 +75,17 @@ def text_webhook(wamids: list[str], *, wa_id: str = "15550001111", phone_number_
         ]
     return {"object": "whatsapp_business_account",
             "entry": [{"id": "100200300", "changes": [{"field": "messages", "value": value}]}]}
+
+
+@contextmanager
+def orm(url: str) -> Iterator[Any]:
+    """An ORM session for reading rows in tests; committed at the end."""
+    from sqlalchemy.orm import Session
+
+    from waflow.db import get_engine
+
+    with Session(get_engine(url), expire_on_commit=False) as session, session.begin():
+        yield session
 
 
 def migrate(url: str, fresh: bool = False) -> None:

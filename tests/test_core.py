@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from conftest import count
 from support import compact, text_webhook
 from waflow.core import persist_event
-from waflow.db import session_scope
+from support import orm
+from waflow.db import transaction
 from waflow.events import NormalizedEvent
 from waflow.ingestor import split_webhook
 from waflow.models import Contact, Conversation, Message, MessageStatus, WebhookEvent
@@ -27,8 +28,8 @@ def events_of(doc: dict, received_at: float = 1764000001.5) -> list[NormalizedEv
 def persist_all(url: str, events: list[NormalizedEvent]) -> list[bool]:
     results = []
     for event in events:
-        with session_scope(url) as session:
-            results.append(persist_event(session, event))
+        with transaction(url) as conn:
+            results.append(persist_event(conn, event))
     return results
 
 
@@ -48,7 +49,7 @@ def user_message(wamid: str, *, wa_id: str | None = None, user_id: str | None = 
 
 def test_it_stores_a_text_message_with_its_conversation_and_contact(db_url):
     persist_all(db_url, events_of(text_webhook(["wamid.A1"], wa_id="15551230000", phone_number_id="777")))
-    with session_scope(db_url) as s:
+    with orm(db_url) as s:
         message = s.execute(sa.select(Message)).scalar_one()
         conversation = s.get(Conversation, message.conversation_id)
         contact = s.get(Contact, message.contact_id)
@@ -64,7 +65,7 @@ def test_it_stores_a_text_message_with_its_conversation_and_contact(db_url):
 def test_a_redelivered_message_leaves_one_row(db_url):
     events = events_of(text_webhook(["wamid.R1"]))
     assert persist_all(db_url, events * 5) == [True, False, False, False, False]
-    with session_scope(db_url) as s:
+    with orm(db_url) as s:
         assert count(s, "messages") == 1
         assert count(s, "contacts") == 1
         assert count(s, "conversations") == 1
@@ -73,7 +74,7 @@ def test_a_redelivered_message_leaves_one_row(db_url):
 def test_one_contact_talking_to_two_business_numbers_has_two_conversations(db_url):
     persist_all(db_url, events_of(text_webhook(["wamid.N1", "wamid.N2"], phone_number_id="111")))
     persist_all(db_url, events_of(text_webhook(["wamid.N3"], phone_number_id="222")))
-    with session_scope(db_url) as s:
+    with orm(db_url) as s:
         assert count(s, "contacts") == 1
         assert count(s, "conversations") == 2
         assert count(s, "messages", "phone_number_id = :p", p="111") == 2
@@ -81,7 +82,7 @@ def test_one_contact_talking_to_two_business_numbers_has_two_conversations(db_ur
 
 def test_it_keys_a_user_with_only_a_business_scoped_id(db_url):
     persist_all(db_url, events_of(user_message("wamid.B1", user_id="US.42")))
-    with session_scope(db_url) as s:
+    with orm(db_url) as s:
         contact = s.execute(sa.select(Contact)).scalar_one()
     assert (contact.wa_id, contact.user_id) == (None, "US.42")
 
@@ -90,7 +91,7 @@ def test_it_joins_a_phone_number_and_a_business_scoped_id_on_one_contact(db_url)
     persist_all(db_url, events_of(user_message("wamid.J1", user_id="US.7")))
     persist_all(db_url, events_of(user_message("wamid.J2", wa_id="15557770000", user_id="US.7", name="Renamed")))
     persist_all(db_url, events_of(user_message("wamid.J3", wa_id="15557770000", name="Renamed")))
-    with session_scope(db_url) as s:
+    with orm(db_url) as s:
         contact = s.execute(sa.select(Contact)).scalar_one()
         assert count(s, "messages", "contact_id = :c", c=contact.id) == 3
     assert (contact.wa_id, contact.user_id, contact.name) == ("15557770000", "US.7", "Renamed")
@@ -99,7 +100,7 @@ def test_it_joins_a_phone_number_and_a_business_scoped_id_on_one_contact(db_url)
 def test_the_conversation_window_only_moves_forward(db_url):
     persist_all(db_url, events_of(user_message("wamid.W2", wa_id="1555", timestamp="1764000500")))
     persist_all(db_url, events_of(user_message("wamid.W1", wa_id="1555", timestamp="1764000100")))
-    with session_scope(db_url) as s:
+    with orm(db_url) as s:
         conversation = s.execute(sa.select(Conversation)).scalar_one()
     assert conversation.last_inbound_at.replace(tzinfo=timezone.utc).timestamp() == 1764000500
 
@@ -107,7 +108,7 @@ def test_the_conversation_window_only_moves_forward(db_url):
 def _outbound(url: str, wamid: str) -> None:
     """An outbound message as the sending stage will record it."""
     persist_all(url, events_of(text_webhook(["wamid.seed-" + wamid])))
-    with session_scope(url) as s:
+    with orm(url) as s:
         seed = s.execute(sa.select(Message).where(Message.wamid == "wamid.seed-" + wamid)).scalar_one()
         s.add(Message(wamid=wamid, conversation_id=seed.conversation_id, contact_id=seed.contact_id,
                       phone_number_id=seed.phone_number_id, direction="outbound", type="text", body="reply",
@@ -115,7 +116,7 @@ def _outbound(url: str, wamid: str) -> None:
 
 
 def _status(url: str, wamid: str) -> str | None:
-    with session_scope(url) as s:
+    with orm(url) as s:
         return s.execute(sa.select(Message.status).where(Message.wamid == wamid)).scalar_one()
 
 
@@ -125,7 +126,7 @@ def test_statuses_in_any_order_end_at_the_furthest_one(db_url, order):
     for status in order:
         persist_all(db_url, events_of(text_webhook([], statuses=[("wamid.OUT", status)])))
     assert _status(db_url, "wamid.OUT") == "read"
-    with session_scope(db_url) as s:
+    with orm(db_url) as s:
         assert count(s, "message_statuses", "wamid = 'wamid.OUT'") == 3
 
 
@@ -148,7 +149,7 @@ def test_failed_wins_over_sent_and_delivered_but_never_replaces_read_or_played(d
 
 def test_a_status_for_an_unseen_wamid_is_kept(db_url):
     persist_all(db_url, events_of(text_webhook([], statuses=[("wamid.NEVER", "delivered")])))
-    with session_scope(db_url) as s:
+    with orm(db_url) as s:
         row = s.execute(sa.select(MessageStatus)).scalar_one()
         assert count(s, "messages") == 0
     assert (row.wamid, row.status, row.recipient_id) == ("wamid.NEVER", "delivered", "15550001111")
@@ -162,7 +163,7 @@ def test_a_redelivered_status_leaves_one_history_row(db_url):
 def test_messages_and_statuses_of_one_post_are_all_stored(db_url):
     doc = text_webhook(["wamid.M1", "wamid.M2"], statuses=[("wamid.X1", "sent"), ("wamid.X2", "read")])
     assert persist_all(db_url, events_of(doc)) == [True] * 4
-    with session_scope(db_url) as s:
+    with orm(db_url) as s:
         assert count(s, "messages") == 2
         assert count(s, "message_statuses") == 2
 
@@ -171,7 +172,7 @@ def test_other_webhook_fields_are_stored_once(db_url):
     doc = {"object": "whatsapp_business_account", "entry": [{"id": "9", "changes": [
         {"field": "account_update", "value": {"event": "ACCOUNT_VIOLATION", "violation_info": {"type": "x"}}}]}]}
     assert persist_all(db_url, events_of(doc) * 2) == [True, False]
-    with session_scope(db_url) as s:
+    with orm(db_url) as s:
         row = s.execute(sa.select(WebhookEvent)).scalar_one()
     assert (row.kind, row.field, row.waba_id) == ("field", "account_update", "9")
     assert row.content["value"]["event"] == "ACCOUNT_VIOLATION"
@@ -195,7 +196,7 @@ def test_concurrent_first_messages_from_a_new_contact_create_it_once(db_url):
     for t in threads:
         t.join()
     assert errors == []
-    with session_scope(db_url) as s:
+    with orm(db_url) as s:
         assert count(s, "contacts") == 1
         assert count(s, "conversations") == 1
         assert count(s, "messages") == 8

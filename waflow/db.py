@@ -1,9 +1,15 @@
-"""Engine, sessions and the declarative base (SQLAlchemy 2.0).
+"""Engine, transactions and the declarative base (SQLAlchemy 2.0).
 
-The caller owns the session: a task opens ``session_scope()`` (one transaction
-per message) and hands the session to plain functions. The engine is built
-lazily, once per process, so a forked worker child never shares its parent's
-connections.
+The caller owns the transaction: a task opens ``transaction()`` (one per
+message) and hands the connection to plain functions. Stages write through
+SQLAlchemy Core statements on a ``Connection``, not the ORM ``Session``: every
+write is an idempotent ``INSERT … ON CONFLICT`` or a conditional ``UPDATE``,
+which need no identity map, and skipping the ORM's unit of work roughly halves
+the CPU a message costs (measured in ``docs/benchmarks.md``). The models in
+``waflow.models`` still define the tables, and tests read through them.
+
+The engine is built lazily, once per process, so a forked worker child never
+shares its parent's connections.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from typing import Any, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase
 
 from waflow.config import settings
 
@@ -50,7 +56,9 @@ def make_engine(url: str) -> sa.Engine:
         return engine
     return sa.create_engine(
         url,
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip per message. A connection found dead raises
+        # OperationalError, the pool drops it, and the task's transient-error retry runs
+        # again on a fresh one.
         # Bound parameters are client text: keep them out of exception messages and logs.
         hide_parameters=True,
         pool_size=5,
@@ -81,16 +89,14 @@ def dispose_engines() -> None:
 
 
 @contextmanager
-def session_scope(url: str | None = None) -> Iterator[Session]:
+def transaction(url: str | None = None) -> Iterator[sa.Connection]:
     """One transaction: commit on success, roll back on any exception."""
-    factory = sessionmaker(get_engine(url), expire_on_commit=False)
-    with factory.begin() as session:
-        yield session
+    with get_engine(url).begin() as conn:
+        yield conn
 
 
-def insert(session: Session, table: Any) -> Any:
-    """An INSERT that supports ``on_conflict_*`` on the session's dialect."""
-    name = session.get_bind().dialect.name
+def insert(name: str, table: Any) -> Any:
+    """An INSERT that supports ``on_conflict_*`` on the dialect called ``name``."""
     if name == "postgresql":
         return postgresql.insert(table)
     if name == "sqlite":

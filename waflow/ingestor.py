@@ -27,7 +27,7 @@ from typing import Any, Iterator
 from pydantic import ValidationError
 
 from waflow import dlq, queues
-from waflow.db import insert, session_scope
+from waflow.db import insert, transaction
 from waflow.events import (
     Context,
     ContactInfo,
@@ -417,15 +417,15 @@ def media_job(event: NormalizedEvent) -> dict[str, Any]:
     }
 
 
-def store_payload(session: Any, raw: bytes, sha256: str, received_at: float) -> None:
+def store_payload(conn: Any, raw: bytes, sha256: str, received_at: float) -> None:
     """Keep the body verbatim for audit; a redelivered body is stored once."""
-    stmt = insert(session, WebhookPayload).values(
+    stmt = insert(conn.dialect.name, WebhookPayload).values(
         sha256=sha256,
         body=raw,
         size=len(raw),
         received_at=datetime.fromtimestamp(received_at, timezone.utc),
     )
-    session.execute(stmt.on_conflict_do_nothing(index_elements=["sha256"]))
+    conn.execute(stmt.on_conflict_do_nothing(index_elements=["sha256"]))
 
 
 # --- the task --------------------------------------------------------------------------------------------------
@@ -446,8 +446,8 @@ def ingest_raw(body: str, received_at: float) -> int:
         dlq.dead_letter(queue=queues.INCOMING_RAW, task=ingest_raw.name, reason=str(exc),
                         error_type="NotAWebhook", payload=body, received_at=received_at)
         return 0
-    with session_scope() as session:
-        store_payload(session, raw, batch.sha256, received_at)
+    with transaction() as conn:
+        store_payload(conn, raw, batch.sha256, received_at)
     for event in batch.events:
         handle_normalized.apply_async((event.model_dump(mode="json", exclude_none=True),))
     for job in batch.media_jobs:

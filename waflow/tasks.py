@@ -35,6 +35,16 @@ def _fresh_connections_in_child(**_: Any) -> None:
     dispose_engines()
 
 
+@signals.after_setup_logger.connect
+def _one_line_per_task_is_too_many(loglevel: int = logging.INFO, **_: Any) -> None:
+    """Keep Celery's "Task … received" and "… succeeded" lines (two per task, thousands a second
+    under load) out of INFO logs; ``-l DEBUG`` shows them again. Failures still log at ERROR and
+    retries at WARNING (``StageTask.on_retry``)."""
+    if loglevel >= logging.INFO:
+        for name in ("celery.app.trace", "celery.worker.strategy"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 # Errors that may pass by themselves: a dropped or refused database connection.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     sa_exc.OperationalError,
@@ -71,6 +81,10 @@ class StageTask(Task):
         options.setdefault("argsrepr", describe_args(args or ()))
         options.setdefault("kwargsrepr", "{" + ", ".join(f"{k}: {describe(v)}" for k, v in (kwargs or {}).items()) + "}")
         return super().apply_async(args, kwargs, **options)
+
+    def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[override]
+        logger.warning("%s[%s] retry %d of %d after %s: %s", self.name, task_id, self.request.retries + 1,
+                       self.max_retries, type(exc).__name__, exc)
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[override]
         """Publish a dead-letter record for a task that failed for good (retries spent, or a permanent error).
