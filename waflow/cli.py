@@ -44,8 +44,11 @@ def register(app: Flask) -> None:
         url = url or f"http://127.0.0.1:{settings.port}/webhooks/whatsapp"
         body, wamid = sample_body(text, wa_id, phone_number_id)
         signature = signature_for(settings.app_secret, body)
-        response = requests.post(url, data=body, timeout=10,
-                                 headers={"Content-Type": "application/json", SIGNATURE_HEADER: signature})
+        try:
+            response = requests.post(url, data=body, timeout=10,
+                                     headers={"Content-Type": "application/json", SIGNATURE_HEADER: signature})
+        except requests.ConnectionError:
+            raise click.ClickException(f"nothing answers at {url}: is the stack running (bin/run)?") from None
         click.echo(f"POST {url} -> {response.status_code} {response.text.strip()}")
         if response.status_code != 200:
             raise SystemExit(1)
