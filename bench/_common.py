@@ -202,9 +202,11 @@ class Processes:
         self.running[name] = proc
         return proc
 
-    def start_procfile(self, name: str, env: dict[str, str]) -> subprocess.Popen:
-        """Start the Procfile's ``name`` process through bash, so ``${VAR:-default}`` expands as in the Procfile."""
+    def start_procfile(self, name: str, env: dict[str, str], extra: Sequence[str] = ()) -> subprocess.Popen:
+        """Start the Procfile's ``name`` process through bash, so ``${VAR:-default}`` expands as in the Procfile;
+        ``extra`` arguments go after its command."""
         assignments, command = procfile_entry(name)
+        command = " ".join([command, *extra])
         return self.start(name, ["bash", "-c", f"exec {command}"], {**env, **assignments})
 
     def stop(self, name: str, grace: float = 25.0) -> None:

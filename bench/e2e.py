@@ -57,6 +57,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--senders", type=int, default=500, help="distinct clients the messages come from")
     p.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of {', '.join(PHASES)}")
     p.add_argument("--port", type=int, default=0, help="gunicorn port (default: a free one)")
+    p.add_argument("--task-events", action="store_true",
+                   help="workers send task events (-E), as they do while Flower is attached")
     p.add_argument("--rebuild-schema", action="store_true",
                    help="drop every table of waflow_bench first, then migrate from scratch "
                         "(after a migration was edited in place, which `alembic upgrade` would not apply)")
@@ -308,10 +310,10 @@ def settle_queues(wait: float = 10.0) -> dict[str, int]:
 # --- the run ---------------------------------------------------------------------------------------------------
 
 
-def start_stack(procs: common.Processes, env: dict[str, str], port: int) -> None:
+def start_stack(procs: common.Processes, env: dict[str, str], port: int, task_events: bool = False) -> None:
     procs.start_procfile("web", env)
     for worker in WORKERS:
-        procs.start_procfile(worker, env)
+        procs.start_procfile(worker, env, extra=["-E"] if task_events else [])
     common.wait_http(procs, "web", common.handshake_url(port))
     for worker in WORKERS:
         common.wait_log(procs, worker, r"@\S+ ready\.")
@@ -394,7 +396,7 @@ def main() -> None:
     client = Client(f"http://127.0.0.1:{port}{common.WEBHOOK_PATH}", args.client_threads)
     with common.Processes(log_dir) as procs:
         try:
-            start_stack(procs, env, port)
+            start_stack(procs, env, port, task_events=args.task_events)
             run_phases(args, procs, client, db, results)
         finally:
             client.close()  # before the services stop, so no POST is left retrying against them
