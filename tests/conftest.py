@@ -101,3 +101,11 @@ def settings_for_app(settings):
 
     publisher = RecordingPublisher()
     return create_app({"TESTING": True, "WAFLOW_SETTINGS": settings, "WAFLOW_PUBLISHER": publisher}), publisher
+
+
+@pytest.fixture(scope="session")
+def default_db() -> str:
+    """The database tasks use when run in this process (SQLite in the scratch folder), migrated."""
+    url = config.settings.database_url
+    migrate(url, fresh=True)
+    return url

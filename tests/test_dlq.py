@@ -53,3 +53,45 @@ def test_a_body_that_is_not_a_webhook_is_dead_lettered_at_once_with_its_reason(d
     assert record["reason"] == "object is 'instagram', not 'whatsapp_business_account'"
     assert record["payload"] == '{"object":"instagram","entry":[]}'
     assert record["received_at"] == 1764000000.0
+
+
+def test_a_database_error_is_retried_three_times_then_dead_lettered(dead_letters, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from waflow import core
+
+    attempts = []
+
+    def unreachable(*_args, **_kwargs):
+        attempts.append(1)
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+    from support import compact, text_webhook
+    from waflow.ingestor import split_webhook
+
+    monkeypatch.setattr(core, "transaction", unreachable)
+    [parsed] = split_webhook(compact(text_webhook([], statuses=[("wamid.DB", "sent")])), 1764000000.0).events
+    event = parsed.model_dump(mode="json", exclude_none=True)
+    result = core.handle_normalized.apply(args=(event,))
+    assert result.failed()
+    assert len(attempts) == 4  # the first run and three retries
+    [record] = dead_letters()
+    assert (record["error_type"], record["retries"]) == ("OperationalError", 3)
+
+
+def test_a_broker_error_hands_the_message_back_instead_of_failing_it(dead_letters, monkeypatch, default_db):
+    from celery.exceptions import Reject
+    from kombu.exceptions import OperationalError
+
+    from support import compact, text_webhook
+    from waflow import ingestor, tasks
+
+    def broker_down(*_args, **_kwargs):
+        raise OperationalError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(tasks, "REQUEUE_PAUSE", 0)
+    monkeypatch.setattr(ingestor.handle_normalized, "apply_async", broker_down)
+    with pytest.raises(Reject) as caught:
+        ingestor.ingest_raw.run(compact(text_webhook(["wamid.BRK"])).decode(), 1764000000.0)
+    assert caught.value.requeue is True
+    assert dead_letters() == []

@@ -27,6 +27,7 @@ from typing import Any, Iterator
 from pydantic import ValidationError
 
 from waflow import dlq, queues
+from waflow.core import handle_normalized
 from waflow.db import insert, transaction
 from waflow.events import (
     Context,
@@ -38,6 +39,7 @@ from waflow.events import (
     NormalizedEvent,
     StatusUpdate,
 )
+from waflow.media import record_media
 from waflow.models import WebhookPayload
 from waflow.tasks import stage_task
 
@@ -434,9 +436,6 @@ def store_payload(conn: Any, raw: bytes, sha256: str, received_at: float) -> Non
 @stage_task(name="waflow.ingestor.ingest_raw", queue=queues.INCOMING_RAW)
 def ingest_raw(body: str, received_at: float) -> int:
     """Split one raw webhook into normalized events and media jobs; return how many events."""
-    from waflow.core import handle_normalized
-    from waflow.media import record_media
-
     # The gateway sent the bytes as text with undecodable bytes escaped; this restores them exactly.
     raw = body.encode("utf-8", "surrogateescape")
     try:

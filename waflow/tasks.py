@@ -14,10 +14,15 @@ defaults in one place:
 """
 from __future__ import annotations
 
+import functools
 import logging
+import time
 from typing import Any, Callable
 
+import amqp.exceptions
 from celery import Celery, Task, signals
+from celery.exceptions import Reject
+from kombu import exceptions as kombu_exc
 from sqlalchemy import exc as sa_exc
 
 logger = logging.getLogger(__name__)
@@ -53,6 +58,18 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
 )
+
+
+# Errors of the broker itself, met while a task publishes its next step. Retrying by
+# publishing would fail the same way, and dead-lettering too: the message goes back
+# to the queue unacknowledged instead, and the broker hands it out again.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    kombu_exc.OperationalError,
+    amqp.exceptions.ConnectionError,
+    amqp.exceptions.MessageNacked,
+)
+# A pause before handing the message back, so a broker outage is not a hot loop.
+REQUEUE_PAUSE = 1.0
 
 
 def describe(value: Any) -> str:
@@ -112,6 +129,15 @@ def stage_task(*, name: str, queue: str, **options: Any) -> Callable[[Callable[.
     options.setdefault("retry_jitter", False)
 
     def decorate(fn: Callable[..., Any]) -> Task:
-        return celery_app.task(name=name, queue=queue, base=StageTask, **options)(fn)
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except BROKER_ERRORS as exc:
+                logger.warning("%s: broker unavailable (%s), message goes back to the queue", name, exc)
+                time.sleep(REQUEUE_PAUSE)
+                raise Reject(exc, requeue=True) from exc
+
+        return celery_app.task(name=name, queue=queue, base=StageTask, **options)(run)
 
     return decorate
