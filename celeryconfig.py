@@ -3,12 +3,15 @@
 Why each non-default value is set is said beside it; the facts behind them are
 in ``docs/reliability.md`` and ``../shared/reference/celery.md``.
 """
-from waflow import queues
-from waflow.config import settings
+from waflow import config as _config
+from waflow import queues as _queues
 
-broker_url = settings.broker_url
+# Private names: Celery reads every public name of this module as a setting, and Flower shows them.
+_settings = _config.settings
 
-broker_transport_options = queues.transport_options(settings)
+broker_url = _settings.broker_url
+
+broker_transport_options = _queues.transport_options(_settings)
 
 broker_connection_retry_on_startup = True
 broker_pool_acquire_timeout = 30
@@ -19,23 +22,23 @@ accept_content = ["json"]
 task_ignore_result = True
 result_backend = None
 
-task_queues = queues.declarations()
-task_default_exchange = queues.EXCHANGE.name
+task_queues = _queues.declarations()
+task_default_exchange = _queues.EXCHANGE.name
 task_default_exchange_type = "direct"
 # A routing typo must raise, not create a queue nobody consumes.
 task_create_missing_queues = False
-task_default_queue = queues.INCOMING_RAW
+task_default_queue = _queues.INCOMING_RAW
 # Wire names are pinned; each task goes to the queue named after its stage.
 task_routes = {
-    "waflow.ingestor.ingest_raw": {"queue": queues.INCOMING_RAW},
-    "waflow.core.handle_normalized": {"queue": queues.INCOMING_NORMALIZED},
-    "waflow.media.record_media": {"queue": queues.MEDIA_PROCESSING},
+    "waflow.ingestor.ingest_raw": {"queue": _queues.INCOMING_RAW},
+    "waflow.core.handle_normalized": {"queue": _queues.INCOMING_NORMALIZED},
+    "waflow.media.record_media": {"queue": _queues.MEDIA_PROCESSING},
 }
 
 # Every stage task is idempotent, so it acknowledges only after it ran: a worker
 # killed mid-task leaves the message to be redelivered, not lost.
 task_acks_late = True
-# Held (prefetched) messages are few: per process, four in flight at most.
+# Held (prefetched) messages are few: four per pool process (16 for a core worker with -c 4).
 worker_prefetch_multiplier = 4
 
 # Task events cost three publishes per task (about 14% of end-to-end throughput, see

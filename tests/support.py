@@ -161,7 +161,9 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("WAFLOW_TEST_")},
-            "WAFLOW_ENV": "production", "WHATSAPP_APP_SECRET": secret, "WHATSAPP_VERIFY_TOKEN": "let-me-in",
+            # Production settings where they apply (production refuses the embedded broker).
+            "WAFLOW_ENV": "development" if broker_url.startswith("embedded") else "production",
+            "WHATSAPP_APP_SECRET": secret, "WHATSAPP_VERIFY_TOKEN": "let-me-in",
             "FLOWER_BASIC_AUTH": "ops:secret", "DATABASE_URL": database_url, "CELERY_BROKER_URL": broker_url,
             "WAFLOW_VAR_DIR": var_dir, "PORT": str(self.port), "PYTHONUNBUFFERED": "1",
             "WEB_CONCURRENCY": "1", "WEB_THREADS": "8",

@@ -34,7 +34,7 @@ def _assert_celery_message(message, body: bytes) -> None:
 
 def test_the_embedded_publisher_queues_a_celery_task_message_with_the_bytes_unchanged():
     with celery_app.connection_for_write() as conn:
-        raw_queue = [q for q in queues.declarations() if q.name == queues.INCOMING_RAW][0]
+        raw_queue = queues.queue(queues.INCOMING_RAW)
         simple = conn.SimpleQueue(raw_queue)
         simple.clear()
         CeleryPublisher(celery_app).publish_raw(ODD_BODY, 1764000000.25)
@@ -92,7 +92,7 @@ def rabbit():
         channel = conn.channel()
         for queue in queues.declarations():
             queue(channel).declare()
-        queue = [q for q in queues.declarations() if q.name == queues.INCOMING_RAW][0](channel)
+        queue = queues.queue(queues.INCOMING_RAW)(channel)
         queue.purge()
         yield conn, queue
         queue.purge()
@@ -164,7 +164,7 @@ def test_the_embedded_transport_never_hands_a_consumer_half_a_message(tmp_path):
 
     settings = config.load({"WAFLOW_VAR_DIR": str(tmp_path)})
     options = {**queues.transport_options(settings), "polling_interval": 0}  # poll as fast as possible
-    queue = [q for q in queues.declarations() if q.name == queues.MEDIA_PROCESSING][0]
+    queue = queues.queue(queues.MEDIA_PROCESSING)
     payload = {"blob": "x" * 2_000_000}
     received: list[dict] = []
 
@@ -186,3 +186,23 @@ def test_the_embedded_transport_never_hands_a_consumer_half_a_message(tmp_path):
         simple.close()
     consumer.join(30)
     assert len(received) == 100 and all(r == payload for r in received)
+
+
+@requires_rabbitmq
+def test_a_forked_child_publishes_on_its_own_connection_and_leaves_the_parents_alone(rabbit):
+    import os
+
+    conn, _ = rabbit
+    publisher = ConfirmingPublisher(celery_app, AMQP_URL, timeout=2)
+    publisher.publish_raw(REFERENCE_BODY, time.time())  # the parent's thread and connection exist now
+    pid = os.fork()
+    if pid == 0:  # the child, as a gunicorn or prefork worker would be
+        try:
+            publisher.publish_raw(REFERENCE_BODY, time.time())
+            os._exit(0)
+        except BaseException:  # noqa: BLE001 - report through the exit code
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    publisher.publish_raw(REFERENCE_BODY, time.time())
+    assert _depth(conn) == 3

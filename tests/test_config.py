@@ -20,21 +20,48 @@ def test_every_variable_has_a_working_default():
     assert (settings.port, settings.web_concurrency, settings.web_threads) == (5000, 2, 16)
 
 
-@pytest.mark.parametrize("missing", ["WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN", "FLOWER_BASIC_AUTH"])
-def test_production_refuses_to_start_without_a_secret_and_names_it(missing):
-    env = {"WAFLOW_ENV": "production", "WHATSAPP_APP_SECRET": "s", "WHATSAPP_VERIFY_TOKEN": "t",
-           "FLOWER_BASIC_AUTH": "a:b"}
-    del env[missing]
+PRODUCTION = {"WAFLOW_ENV": "production", "WHATSAPP_APP_SECRET": "s", "WHATSAPP_VERIFY_TOKEN": "t",
+              "DATABASE_URL": "postgres://db/waflow", "CELERY_BROKER_URL": "amqp://rabbit//"}
+
+
+@pytest.mark.parametrize("missing", ["WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN", "DATABASE_URL",
+                                     "CELERY_BROKER_URL"])
+def test_production_refuses_to_start_without_a_setting_and_names_it(missing):
+    env = {k: v for k, v in PRODUCTION.items() if k != missing}
     with pytest.raises(config.ConfigError, match=missing):
         config.load(env)
 
 
+@pytest.mark.parametrize("name, value", [("DATABASE_URL", "sqlite:///prod.db"),
+                                         ("CELERY_BROKER_URL", "embedded://"),
+                                         ("CELERY_BROKER_URL", "filesystem://")])
+def test_production_refuses_the_embedded_database_and_broker(name, value):
+    with pytest.raises(config.ConfigError, match=name):
+        config.load({**PRODUCTION, name: value})
+
+
+def test_production_starts_with_everything_set():
+    settings = config.load(PRODUCTION)
+    assert settings.production and settings.amqp_broker
+
+
 def test_the_web_process_stops_at_start_naming_the_missing_secret():
-    env = {"WAFLOW_ENV": "production", "WHATSAPP_VERIFY_TOKEN": "t", "FLOWER_BASIC_AUTH": "a:b", "PATH": ""}
-    result = subprocess.run([sys.executable, "-c", "import wsgi"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=60)
+    env = {k: v for k, v in PRODUCTION.items() if k != "WHATSAPP_APP_SECRET"}
+    result = subprocess.run([sys.executable, "-c", "import wsgi"], cwd=ROOT, env={**env, "PATH": ""},
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "WHATSAPP_APP_SECRET is not set" in result.stderr
+
+
+def test_flower_refuses_to_start_in_production_without_basic_auth():
+    result = subprocess.run([sys.executable, "-c", "import flowerconfig"], cwd=ROOT, env={**PRODUCTION, "PATH": ""},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "FLOWER_BASIC_AUTH is not set" in result.stderr
+    ok = subprocess.run([sys.executable, "-c", "import flowerconfig; print(flowerconfig.basic_auth)"], cwd=ROOT,
+                        env={**PRODUCTION, "FLOWER_BASIC_AUTH": "ops:pw", "PATH": ""}, capture_output=True,
+                        text=True, timeout=60)
+    assert ok.stdout.strip() == "['ops:pw']"
 
 
 @pytest.mark.parametrize("url", ["postgres://u:p@db:5432/waflow", "postgresql://u:p@db:5432/waflow"])

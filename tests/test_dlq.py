@@ -32,16 +32,20 @@ def dead_letters():
 def test_a_task_that_fails_for_good_is_dead_lettered_with_its_arguments_and_error(dead_letters):
     from waflow.core import handle_normalized
 
-    bad_event = {"event_id": "message:wamid.BAD", "kind": "message"}  # not a valid normalized event
+    # Not a valid normalized event; it carries a client's words.
+    bad_event = {"event_id": "message:wamid.BAD", "kind": "message", "received_at": "my divorce papers"}
     result = handle_normalized.apply(args=(bad_event,))
     assert result.failed()
     [record] = dead_letters()
     assert record["queue"] == queues.INCOMING_NORMALIZED
     assert record["task"] == "waflow.core.handle_normalized"
-    assert record["error_type"] == "ValidationError"
+    assert record["error_type"] == "InvalidEvent"
     assert record["payload"] == {"args": [bad_event], "kwargs": {}}
-    assert "ValidationError" in record["traceback"]
     assert record["retries"] == 0
+    # The reason names the fields; the client's words stay out of it, the traceback and the logs.
+    assert "received_at: Input should be a valid number" in record["reason"]
+    assert "InvalidEvent" in record["traceback"]
+    assert "divorce" not in record["reason"] + record["traceback"] + str(result.result)
 
 
 def test_a_body_that_is_not_a_webhook_is_dead_lettered_at_once_with_its_reason(dead_letters):

@@ -61,6 +61,8 @@ def test_it_rejects_a_missing_signature_with_401_and_queues_nothing(client, publ
     REFERENCE_SIGNATURE.replace("sha256=", "sha1="),
     "54edfa1d7259e0eb13c677cc7d73d1b5c86cfa12433d19156e058ab9251bc441",
     "sha256=",
+    "sha256=é" + "0" * 63,
+    "sha256=" + "\u00ff" * 64,
 ])
 def test_it_rejects_a_forged_signature_with_403_and_queues_nothing(client, publisher, signature):
     response = client.post(URL, data=REFERENCE_BODY, headers={"X-Hub-Signature-256": signature})

@@ -75,7 +75,7 @@ def test_task_arguments_shown_in_flower_carry_ids_not_client_text():
 def test_published_task_messages_carry_the_redacted_representation():
     from waflow.core import handle_normalized
 
-    queue = [q for q in app.conf.task_queues if q.name == queues.INCOMING_NORMALIZED][0]
+    queue = queues.queue(queues.INCOMING_NORMALIZED)
     with app.connection_for_write() as conn:
         simple = conn.SimpleQueue(queue)
         simple.clear()

@@ -34,6 +34,7 @@ from kombu import Connection
 
 from waflow import queues
 from waflow.config import Settings
+from waflow.tasks import describe_args
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +49,16 @@ class Publisher(Protocol):
     def publish_raw(self, body: bytes, received_at: float) -> None: ...
 
 
+def _args(body: bytes, received_at: float) -> tuple[tuple[str, float], str]:
+    """The task's arguments (the body as text, undecodable bytes escaped) and what Flower may show of them."""
+    return (body.decode("utf-8", "surrogateescape"), received_at), describe_args((body, received_at))
+
+
 def task_message(app, body: bytes, received_at: float) -> tuple[str, dict, dict, bytes]:
     """Build the Celery task message for one raw webhook: (task id, headers, properties, body)."""
     task_id = str(uuid.uuid4())
-    text = body.decode("utf-8", "surrogateescape")
-    msg = app.amqp.as_task_v2(
-        task_id, INGEST_TASK, args=(text, received_at), kwargs={},
-        argsrepr=f"(<{len(body)} bytes>, {received_at!r})", kwargsrepr="{}",
-    )
+    args, argsrepr = _args(body, received_at)
+    msg = app.amqp.as_task_v2(task_id, INGEST_TASK, args=args, kwargs={}, argsrepr=argsrepr, kwargsrepr="{}")
     payload = json.dumps(msg.body).encode()
     return task_id, msg.headers, msg.properties, payload
 
@@ -96,6 +99,20 @@ class ConfirmingPublisher:
         self._unconfirmed: dict[int, _Pending] = {}
         self._by_task: dict[str, _Pending] = {}
         self._returned = False
+        os.register_at_fork(after_in_child=self._forget_parent)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: drop, without closing, everything the parent's thread owned.
+
+        Runs right after the fork, before the child has other threads; the parent's lock may
+        have been held at that moment, so it is replaced, not reused."""
+        self._cv = threading.Condition()
+        self._queue = deque()
+        self._pid = None
+        self._conn = self._channel = None
+        self._unconfirmed = {}
+        self._by_task = {}
+        self._returned = False
 
     # -- request threads ----------------------------------------------------------------------------------------
 
@@ -117,20 +134,12 @@ class ConfirmingPublisher:
             raise item.error
 
     def _start_if_needed(self) -> None:
-        # After a fork (gunicorn, prefork) the thread and connection belong to the parent: start anew.
         if self._pid == os.getpid():
             return
         with self._cv:
-            if self._pid == os.getpid():
-                return
-            # Forget, without closing, what the parent owned: its socket is not ours to use.
-            self._queue.clear()
-            self._conn = self._channel = None
-            self._unconfirmed.clear()
-            self._by_task.clear()
-            self._returned = False
-            self._pid = os.getpid()
-            threading.Thread(target=self._run, name="waflow-publisher", daemon=True).start()
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="waflow-publisher", daemon=True).start()
 
     # -- the publisher thread ---------------------------------------------------------------------------------
 
@@ -141,8 +150,14 @@ class ConfirmingPublisher:
                     self._cv.wait()
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.MAX_BATCH))]
             batch = [item for item in batch if not item.abandoned]
-            if batch:
-                self._publish_batch(batch)
+            try:
+                if batch:
+                    self._publish_batch(batch)
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive any surprise
+                logger.exception("publisher: unexpected error; %d webhook(s) not queued", len(batch))
+                for item in batch:
+                    item.finish(PublishError(f"publisher error: {type(exc).__name__}"))
+                self._drop_connection()
 
     def _publish_batch(self, batch: list[_Pending]) -> None:
         deadline = time.monotonic() + self.timeout
@@ -184,11 +199,11 @@ class ConfirmingPublisher:
     def _ensure_channel(self):
         if self._channel is None:
             conn = Connection(self.url, connect_timeout=self.connect_timeout, heartbeat=0)
-            conn.connect()
+            # One attempt, no sleep between retries (kombu's connect() waits 2 s before its second):
+            # the request's own timeout is the budget, and the next batch tries again.
+            conn.ensure_connection(max_retries=0)
             channel = conn.connection.channel()
-            for queue in queues.declarations():
-                if queue.name == queues.INCOMING_RAW:
-                    queue(channel).declare()
+            queues.queue(queues.INCOMING_RAW)(channel).declare()
             channel.confirm_select()
             channel.events["basic_ack"].add(self._on_ack)
             channel.events["basic_nack"].add(self._on_nack)
@@ -236,16 +251,13 @@ class CeleryPublisher:
         self.app = app
 
     def publish_raw(self, body: bytes, received_at: float) -> None:
-        from kombu.exceptions import OperationalError
+        from kombu.exceptions import KombuError
 
-        text = body.decode("utf-8", "surrogateescape")
+        args, argsrepr = _args(body, received_at)
         try:
-            self.app.send_task(
-                INGEST_TASK, args=(text, received_at), queue=queues.INCOMING_RAW,
-                argsrepr=f"(<{len(body)} bytes>, {received_at!r})", kwargsrepr="{}",
-                retry=False,
-            )
-        except (OperationalError, OSError) as exc:
+            self.app.send_task(INGEST_TASK, args=args, queue=queues.INCOMING_RAW, argsrepr=argsrepr,
+                               kwargsrepr="{}", retry=False)
+        except (KombuError, OSError) as exc:  # e.g. the embedded broker's disk is full
             raise PublishError(f"broker unavailable: {exc}") from None
 
 

@@ -129,13 +129,20 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             raise ConfigError(f"{name} is not set; waflow refuses to start in production without it")
         return dev_default
 
+    database_url, broker_url = _database_url(env), _broker_url(env)
+    if production and database_url.startswith("sqlite"):
+        raise ConfigError("DATABASE_URL is not set (or is SQLite); production needs PostgreSQL")
+    if production and broker_url.split("://", 1)[0] in ("embedded", "filesystem"):
+        raise ConfigError("CELERY_BROKER_URL is not set (or is the embedded broker); production needs RabbitMQ")
+
     return Settings(
         env=mode,
-        database_url=_database_url(env),
-        broker_url=_broker_url(env),
+        database_url=database_url,
+        broker_url=broker_url,
         app_secret=secret("WHATSAPP_APP_SECRET", DEV_APP_SECRET),
         verify_token=secret("WHATSAPP_VERIFY_TOKEN", DEV_VERIFY_TOKEN),
-        flower_basic_auth=secret("FLOWER_BASIC_AUTH", "admin:admin"),
+        # Checked where it is used (flowerconfig.py): only Flower needs it.
+        flower_basic_auth=env.get("FLOWER_BASIC_AUTH") or ("" if production else "admin:admin"),
         var_dir=_var_dir(env),
         # Meta's payloads are up to 3 MB; 3 MiB leaves room and refuses anything bigger.
         max_body_bytes=_int(env, "WAFLOW_MAX_BODY_BYTES", 3 * 1024 * 1024, 1024, 64 * 1024 * 1024),

@@ -19,11 +19,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic import ValidationError
 from sqlalchemy import bindparam
 
 from waflow import queues
 from waflow.db import insert, transaction
-from waflow.events import ContactInfo, NormalizedEvent
+from waflow.events import ContactInfo, InvalidEvent, NormalizedEvent
 from waflow.models import STATUS_RANK, Contact, Conversation, Message, MessageStatus, WebhookEvent
 from waflow.tasks import stage_task
 
@@ -87,7 +88,11 @@ def upsert_contact(conn: sa.Connection, info: ContactInfo) -> int:
             changes["parent_user_id"] = info.parent_user_id
         if changes:
             changes["updated_at"] = datetime.now(timezone.utc)
-            conn.execute(sa.update(Contact).where(Contact.id == found.id).values(**changes))
+            try:
+                with conn.begin_nested():
+                    conn.execute(sa.update(Contact).where(Contact.id == found.id).values(**changes))
+            except sa.exc.IntegrityError:
+                continue  # another worker gave that id to another contact a moment ago: look again
         return found.id
     raise RuntimeError(f"could not create or find contact {info.wa_id or info.user_id}")
 
@@ -184,7 +189,10 @@ def persist_event(conn: sa.Connection, event: NormalizedEvent) -> bool:
 @stage_task(name="waflow.core.handle_normalized", queue=queues.INCOMING_NORMALIZED)
 def handle_normalized(event: dict[str, Any]) -> None:
     """Persist one normalized event."""
-    parsed = NormalizedEvent.model_validate(event)
+    try:
+        parsed = NormalizedEvent.model_validate(event)
+    except ValidationError as exc:
+        raise InvalidEvent.from_validation(exc) from None  # pydantic's own text quotes the input
     with transaction() as conn:
         if not persist_event(conn, parsed):
             logger.info("handle_normalized: %s already persisted, skipped", parsed.event_id)

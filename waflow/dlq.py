@@ -13,14 +13,12 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from kombu import Queue
-
 from waflow import queues
 from waflow.tasks import celery_app
 
 logger = logging.getLogger(__name__)
 
-DEAD_LETTER_QUEUE = Queue(queues.DEAD_LETTER, queues.EXCHANGE, routing_key=queues.DEAD_LETTER, durable=True)
+DEAD_LETTER_QUEUE = queues.queue(queues.DEAD_LETTER)
 
 
 def make_record(*, queue: str, task: str, reason: str, error_type: str, payload: Any,

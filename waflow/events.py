@@ -13,13 +13,30 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SCHEMA_VERSION = 1
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown fields are ignored, not refused: during a rolling deploy an older core worker
+    # must still read events from a newer ingestor.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class InvalidEvent(ValueError):
+    """An event that does not fit the schema; the message names the fields, never their values."""
+
+    @classmethod
+    def from_validation(cls, exc: ValidationError) -> "InvalidEvent":
+        return cls(describe_validation_error(exc))
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Where and why validation failed, without the input values (they may be a client's text)."""
+    problems = [f"{'.'.join(str(p) for p in e['loc']) or '(event)'}: {e['msg']}" for e in exc.errors()[:5]]
+    more = f" (and {exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+    return "invalid " + "; ".join(problems) + more
 
 
 class MetaError(_Model):

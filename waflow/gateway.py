@@ -35,7 +35,9 @@ def signature_is_valid(app_secret: str, body: bytes, header: str) -> bool:
     """Check a ``sha256=<hex>`` header against ``body``, in constant time."""
     if not header.startswith("sha256="):
         return False
-    return hmac.compare_digest(signature_for(app_secret, body), "sha256=" + header[7:].strip().lower())
+    # Bytes, not str: compare_digest refuses non-ASCII str, and a forged header may hold any character.
+    given = ("sha256=" + header[7:].strip().lower()).encode("utf-8", "replace")
+    return hmac.compare_digest(signature_for(app_secret, body).encode(), given)
 
 
 def _text(body: str, status: int) -> Response:

@@ -38,6 +38,7 @@ from waflow.events import (
     MetaError,
     NormalizedEvent,
     StatusUpdate,
+    describe_validation_error,
 )
 from waflow.media import record_media
 from waflow.models import WebhookPayload
@@ -87,8 +88,8 @@ def _timestamp(obj: dict[str, Any]) -> int:
     try:
         if isinstance(raw, bool):
             raise TypeError
-        value = int(raw)
-    except (TypeError, ValueError):
+        value = int(raw) if not isinstance(raw, str) or raw.isdigit() else int(float(raw))
+    except (TypeError, ValueError, OverflowError):
         raise BadUpdate(f"timestamp {str(raw)[:32]!r} is not Unix seconds") from None
     if not 0 <= value <= MAX_TIMESTAMP:
         raise BadUpdate(f"timestamp {value} is out of range")
@@ -120,12 +121,16 @@ def _contact(value: dict[str, Any], wa_id: str | None, user_id: str | None) -> C
     cards = [c for c in found if isinstance(c, dict)] if isinstance(found, list) else []
     card = next((c for c in cards if wa_id and c.get("wa_id") == wa_id), None)
     card = card or next((c for c in cards if user_id and c.get("user_id") == user_id), None)
-    if card is None and len(cards) == 1 and not _contradicts(cards[0], wa_id, user_id):
+    messages = value.get("messages") if isinstance(value, dict) else None
+    only_sender = isinstance(messages, list) and len(messages) == 1
+    if card is None and len(cards) == 1 and (only_sender or not _contradicts(cards[0], wa_id, user_id)):
+        # One message, one card: the card is the sender's, even when its wa_id differs from `from`
+        # (Brazil's ninth digit); Meta's reference says to trust contacts[].wa_id.
         card = cards[0]
     card = card or {}
     profile = card.get("profile") if isinstance(card.get("profile"), dict) else {}
     info = ContactInfo(
-        wa_id=wa_id or _str(card.get("wa_id")),
+        wa_id=_str(card.get("wa_id")) or wa_id,
         user_id=user_id or _str(card.get("user_id")),
         parent_user_id=_str(card.get("parent_user_id")),
         name=_str(profile.get("name")),
@@ -202,7 +207,7 @@ def _type_content(mtype: str, msg: dict[str, Any]) -> tuple[str | None, MediaInf
     if mtype == "location" and isinstance(obj, dict):
         return _location_text(obj), None, dict(obj)
     if mtype == "contacts" and isinstance(obj, list):
-        names = [c.get("name", {}).get("formatted_name") for c in obj if isinstance(c, dict)]
+        names = [c["name"].get("formatted_name") for c in obj if isinstance(c, dict) and isinstance(c.get("name"), dict)]
         return ", ".join(n for n in names if isinstance(n, str) and n) or None, None, {"contacts": obj}
     if mtype == "interactive" and isinstance(obj, dict):
         text, content = _interactive(obj)
@@ -335,8 +340,8 @@ def parse_envelope(raw: bytes) -> dict[str, Any]:
         raise NotAWebhook(f"body is not JSON: {type(exc).__name__} at {getattr(exc, 'pos', '?')}") from None
     if not isinstance(doc, dict):
         raise NotAWebhook(f"body is a JSON {type(doc).__name__}, not an object")
-    if b"\\ud" in raw or b"\\uD" in raw:
-        doc = _without_lone_surrogates(doc)
+    if b"\\ud" in raw or b"\\uD" in raw or b"\\u0000" in raw:
+        doc = _storable(doc)
     if doc.get("object") != "whatsapp_business_account":
         raise NotAWebhook(f"object is {str(doc.get('object'))[:64]!r}, not 'whatsapp_business_account'")
     entries = doc.get("entry")
@@ -345,23 +350,18 @@ def parse_envelope(raw: bytes) -> dict[str, Any]:
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("changes"), list):
             raise NotAWebhook(f"entry[{i}] has no changes list")
-        for j, change in enumerate(entry["changes"]):
-            if not isinstance(change, dict) or not isinstance(change.get("field"), str):
-                raise NotAWebhook(f"entry[{i}].changes[{j}] has no field")
     return doc
 
 
-def _without_lone_surrogates(node: Any) -> Any:
-    """Replace escaped UTF-16 halves that pair with nothing (no database can store them) by U+FFFD.
-
-    The body itself is kept byte for byte in ``webhook_payloads``.
-    """
+def _storable(node: Any) -> Any:
+    """Replace what no database text column takes, escaped UTF-16 halves that pair with nothing and
+    NUL characters, by U+FFFD. The body itself is kept byte for byte in ``webhook_payloads``."""
     if isinstance(node, str):
-        return node.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return node.encode("utf-16", "surrogatepass").decode("utf-16", "replace").replace("\x00", "\ufffd")
     if isinstance(node, list):
-        return [_without_lone_surrogates(v) for v in node]
+        return [_storable(v) for v in node]
     if isinstance(node, dict):
-        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in node.items()}
+        return {_storable(k): _storable(v) for k, v in node.items()}
     return node
 
 
@@ -372,6 +372,9 @@ def split_webhook(raw: bytes, received_at: float) -> Batch:
     for e, entry in enumerate(doc["entry"]):
         entry_time = entry.get("time") if isinstance(entry.get("time"), int) else None
         for c, change in enumerate(entry["changes"]):
+            if not isinstance(change, dict) or not isinstance(change.get("field"), str):
+                batch.rejected.append((f"entry[{e}].changes[{c}] has no field", change))
+                continue
             value = change.get("value")
             metadata = value.get("metadata") if isinstance(value, dict) else None
             metadata = metadata if isinstance(metadata, dict) else {}
@@ -396,10 +399,7 @@ def split_webhook(raw: bytes, received_at: float) -> Batch:
 
 
 def _reason(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        return f"invalid {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-    return str(exc)
+    return describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
 
 
 def media_job(event: NormalizedEvent) -> dict[str, Any]:

@@ -36,9 +36,14 @@ ALL_QUEUES = SEED_QUEUES + (DEAD_LETTER,)
 EXCHANGE = Exchange("wa", type="direct", durable=True)
 
 
+def queue(name: str) -> Queue:
+    """The kombu declaration of one queue: durable, bound to ``wa`` under its own name."""
+    return Queue(name, EXCHANGE, routing_key=name, durable=True)
+
+
 def declarations() -> list[Queue]:
-    """Kombu queue objects for every queue, durable, each bound to ``wa``."""
-    return [Queue(name, EXCHANGE, routing_key=name, durable=True) for name in ALL_QUEUES]
+    """Every queue's declaration."""
+    return [queue(name) for name in ALL_QUEUES]
 
 
 def transport_options(settings: "Settings") -> dict[str, Any]:
