@@ -134,6 +134,8 @@ def service_env(port: int, **extra: str) -> dict[str, str]:
         WAFLOW_ENV="production",
         PORT=str(port),
         CELERY_BROKER_URL=BROKER_URL,
+        # Production refuses to start without a real database, even where nothing touches it (ack.py).
+        DATABASE_URL=DATABASE_URL,
         WHATSAPP_APP_SECRET=APP_SECRET,
         WHATSAPP_VERIFY_TOKEN=VERIFY_TOKEN,
         FLOWER_BASIC_AUTH="bench:bench",

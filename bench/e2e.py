@@ -373,7 +373,7 @@ def main() -> None:
     port = args.port or common.free_port()
     concurrency = {f"{w.upper()}_CONCURRENCY": str(getattr(args, f"{w}_concurrency"))
                    for w in WORKERS if getattr(args, f"{w}_concurrency") is not None}
-    env = common.service_env(port, DATABASE_URL=common.DATABASE_URL, **concurrency)
+    env = common.service_env(port, **concurrency)
     effective = {w: int(concurrency.get(f"{w.upper()}_CONCURRENCY")
                         or common.procfile_defaults(w)[f"{w.upper()}_CONCURRENCY"]) for w in WORKERS}
 
