@@ -200,3 +200,48 @@ def test_concurrent_first_messages_from_a_new_contact_create_it_once(db_url):
         assert count(s, "contacts") == 1
         assert count(s, "conversations") == 1
         assert count(s, "messages") == 8
+
+
+def _fixture_events() -> list[tuple[str, NormalizedEvent]]:
+    from fixtures import load_cases, to_bytes, unique_ids
+
+    found = []
+    for n, (stem, case, body) in enumerate(load_cases()):
+        batch = split_webhook(to_bytes(unique_ids(body, f"{stem}-{case}-{n}")), 1764000000.0)
+        assert batch.rejected == [], (stem, case)
+        found += [(f"{stem}#{case}", e) for e in batch.events]
+    return found
+
+
+def test_every_fixture_update_is_stored_with_its_fields(db_url):
+    """Each message, status and other update of every Meta fixture, field by field, in its table."""
+    events = _fixture_events()
+    assert persist_all(db_url, [e for _, e in events]) == [True] * len(events)
+    with orm(db_url) as s:
+        messages = {m.wamid: m for m in s.execute(sa.select(Message)).scalars()}
+        contacts = {c.id: c for c in s.execute(sa.select(Contact)).scalars()}
+        conversations = {c.id: c for c in s.execute(sa.select(Conversation)).scalars()}
+        statuses = {(r.wamid, r.status): r for r in s.execute(sa.select(MessageStatus)).scalars()}
+        others = {r.event_id: r for r in s.execute(sa.select(WebhookEvent)).scalars()}
+    for case, event in events:
+        if event.kind == "message":
+            row, msg = messages[event.message.wamid], event.message
+            assert (row.type, row.body, row.direction) == (msg.type, msg.text, "inbound"), case
+            assert row.phone_number_id == conversations[row.conversation_id].phone_number_id \
+                == (event.phone_number_id or ""), case
+            assert row.sent_at.replace(tzinfo=timezone.utc).timestamp() == msg.timestamp, case
+            assert row.content["raw"] == msg.raw, case
+            assert row.context_wamid == (msg.context.quoted_wamid if msg.context else None), case
+            contact = contacts[row.contact_id]
+            assert event.contact.wa_id in (None, contact.wa_id) and event.contact.user_id in (None, contact.user_id)
+        elif event.kind == "status":
+            row, st = statuses[(event.status.wamid, event.status.status)], event.status
+            assert (row.recipient_id, row.biz_opaque_callback_data) == (st.recipient_id, st.biz_opaque_callback_data)
+            assert row.error_code == (st.errors[0].code if st.errors else None), case
+            assert row.content["raw"] == st.raw, case
+        else:
+            row = others[event.event_id]
+            assert (row.kind, row.field, row.waba_id) == (event.kind, event.field, event.waba_id), case
+            if event.kind == "field":
+                assert row.content["value"] == event.update.value, case
+    assert len(messages) == sum(e.kind == "message" for _, e in events) > 30
