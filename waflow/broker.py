@@ -90,6 +90,15 @@ class ConfirmingPublisher:
         self.url = url
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self._fresh_state()
+        os.register_at_fork(after_in_child=self._fresh_state)
+
+    def _fresh_state(self) -> None:
+        """Start with no thread, no connection, nothing pending.
+
+        Also runs in a forked child, right after the fork and before the child has other threads:
+        it drops, without closing, everything the parent's thread owned. The parent's lock may have
+        been held at that moment, so it is replaced, not reused."""
         self._cv = threading.Condition()
         self._queue: deque[_Pending] = deque()
         self._pid: int | None = None
@@ -98,20 +107,6 @@ class ConfirmingPublisher:
         self._seq = 0
         self._unconfirmed: dict[int, _Pending] = {}
         self._by_task: dict[str, _Pending] = {}
-        self._returned = False
-        os.register_at_fork(after_in_child=self._forget_parent)
-
-    def _forget_parent(self) -> None:
-        """In a forked child: drop, without closing, everything the parent's thread owned.
-
-        Runs right after the fork, before the child has other threads; the parent's lock may
-        have been held at that moment, so it is replaced, not reused."""
-        self._cv = threading.Condition()
-        self._queue = deque()
-        self._pid = None
-        self._conn = self._channel = None
-        self._unconfirmed = {}
-        self._by_task = {}
         self._returned = False
 
     # -- request threads ----------------------------------------------------------------------------------------
