@@ -138,6 +138,8 @@ def service_env(port: int, **extra: str) -> dict[str, str]:
         DATABASE_URL=DATABASE_URL,
         WHATSAPP_APP_SECRET=APP_SECRET,
         WHATSAPP_VERIFY_TOKEN=VERIFY_TOKEN,
+        WHATSAPP_ACCESS_TOKEN="bench-access-token",
+        WHATSAPP_PHONE_NUMBER_ID="100000000000001",
         FLOWER_BASIC_AUTH="bench:bench",
         PYTHONUNBUFFERED="1",
     )

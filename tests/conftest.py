@@ -24,22 +24,24 @@ os.environ["WAFLOW_VAR_DIR"] = _VAR
 import pytest  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
-from support import RecordingPublisher, PG_URL, AMQP_URL, REFERENCE_SECRET, migrate, wipe  # noqa: E402
+from support import RecordingPublisher, PG_URL, AMQP_URL, REDIS_URL, REFERENCE_SECRET, migrate, wipe  # noqa: E402
 from waflow import config  # noqa: E402
 
 SKIP_PG = "WAFLOW_TEST_DATABASE_URL is not set: no PostgreSQL to test against (see README, 'Tests')"
 SKIP_AMQP = "WAFLOW_TEST_BROKER_URL is not set: no RabbitMQ to test against (see README, 'Tests')"
+SKIP_REDIS = "WAFLOW_TEST_REDIS_URL is not set: no Redis to test against (see README, 'Tests')"
 
 
 
 def pytest_sessionstart(session) -> None:
     # CI sets WAFLOW_TEST_REQUIRE_SERVICES=1: there, a missing service is a failure, not a skip.
-    if os.environ.get("WAFLOW_TEST_REQUIRE_SERVICES") == "1" and not (PG_URL and AMQP_URL):
-        pytest.exit("WAFLOW_TEST_REQUIRE_SERVICES=1 but WAFLOW_TEST_DATABASE_URL or WAFLOW_TEST_BROKER_URL "
-                    "is not set", returncode=3)
+    if os.environ.get("WAFLOW_TEST_REQUIRE_SERVICES") == "1" and not (PG_URL and AMQP_URL and REDIS_URL):
+        pytest.exit("WAFLOW_TEST_REQUIRE_SERVICES=1 but WAFLOW_TEST_DATABASE_URL, WAFLOW_TEST_BROKER_URL or "
+                    "WAFLOW_TEST_REDIS_URL is not set", returncode=3)
 
 
 requires_rabbitmq = pytest.mark.skipif(not AMQP_URL, reason=SKIP_AMQP)
+requires_redis = pytest.mark.skipif(not REDIS_URL, reason=SKIP_REDIS)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("WAFLOW_TEST_DATABASE_URL", "")
 AMQP_URL = os.environ.get("WAFLOW_TEST_BROKER_URL", "")
+REDIS_URL = os.environ.get("WAFLOW_TEST_REDIS_URL", "")
 
 # Meta's known-good signed delivery (../shared/reference/whatsapp-cloud-api.md, section 2).
 REFERENCE_SECRET = "1222e786b144d0e85b9f365372d93676"
@@ -164,6 +165,7 @@ class Stack:
             # Production settings where they apply (production refuses the embedded broker).
             "WAFLOW_ENV": "development" if broker_url.startswith("embedded") else "production",
             "WHATSAPP_APP_SECRET": secret, "WHATSAPP_VERIFY_TOKEN": "let-me-in",
+            "WHATSAPP_ACCESS_TOKEN": "test-access-token", "WHATSAPP_PHONE_NUMBER_ID": "1122334455",
             "FLOWER_BASIC_AUTH": "ops:secret", "DATABASE_URL": database_url, "CELERY_BROKER_URL": broker_url,
             "WAFLOW_VAR_DIR": var_dir, "PORT": str(self.port), "PYTHONUNBUFFERED": "1",
             "WEB_CONCURRENCY": "1", "WEB_THREADS": "8",

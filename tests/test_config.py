@@ -18,14 +18,24 @@ def test_every_variable_has_a_working_default():
     assert settings.embedded_broker
     assert settings.max_body_bytes == 3 * 1024 * 1024
     assert (settings.port, settings.web_concurrency, settings.web_threads) == (5000, 2, 16)
+    # The Meta simulator stands in for Meta; the send limiter shares its state through a file.
+    assert settings.whatsapp_api_url == "http://127.0.0.1:5900/v25.0"
+    assert (settings.send_rate, settings.redis_url, settings.queue_type) == (80, "", "classic")
+
+
+def test_production_talks_to_meta_and_redis_by_default():
+    settings = config.load(PRODUCTION)
+    assert settings.whatsapp_api_url == "https://graph.facebook.com/v25.0"
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
 
 
 PRODUCTION = {"WAFLOW_ENV": "production", "WHATSAPP_APP_SECRET": "s", "WHATSAPP_VERIFY_TOKEN": "t",
+              "WHATSAPP_ACCESS_TOKEN": "a", "WHATSAPP_PHONE_NUMBER_ID": "1",
               "DATABASE_URL": "postgres://db/waflow", "CELERY_BROKER_URL": "amqp://rabbit//"}
 
 
-@pytest.mark.parametrize("missing", ["WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN", "DATABASE_URL",
-                                     "CELERY_BROKER_URL"])
+@pytest.mark.parametrize("missing", ["WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN", "WHATSAPP_ACCESS_TOKEN",
+                                     "WHATSAPP_PHONE_NUMBER_ID", "DATABASE_URL", "CELERY_BROKER_URL"])
 def test_production_refuses_to_start_without_a_setting_and_names_it(missing):
     env = {k: v for k, v in PRODUCTION.items() if k != missing}
     with pytest.raises(config.ConfigError, match=missing):
@@ -74,6 +84,8 @@ def test_it_accepts_heroku_style_postgres_urls(url):
     ("PORT", "http", "PORT must be a whole number"),
     ("WEB_THREADS", "0", "WEB_THREADS must be between"),
     ("WAFLOW_PUBLISH_TIMEOUT", "soon", "WAFLOW_PUBLISH_TIMEOUT must be a number"),
+    ("WHATSAPP_SEND_RATE", "1001", "WHATSAPP_SEND_RATE must be between 1 and 1000"),
+    ("WAFLOW_QUEUE_TYPE", "stream", "WAFLOW_QUEUE_TYPE must be one of"),
 ])
 def test_it_refuses_malformed_values_naming_the_variable(name, value, message):
     with pytest.raises(config.ConfigError, match=message):
@@ -82,9 +94,10 @@ def test_it_refuses_malformed_values_naming_the_variable(name, value, message):
 
 def test_settings_never_show_a_secret():
     settings = config.load({"WHATSAPP_APP_SECRET": "s3cr3t-value", "DATABASE_URL": "postgres://u:pw-db@h/d",
-                            "CELERY_BROKER_URL": "amqp://u:pw-broker@h//", "FLOWER_BASIC_AUTH": "a:pw-flower"})
+                            "CELERY_BROKER_URL": "amqp://u:pw-broker@h//", "FLOWER_BASIC_AUTH": "a:pw-flower",
+                            "WHATSAPP_ACCESS_TOKEN": "EAAG-token", "REDIS_URL": "redis://:pw-redis@h/0"})
     shown = repr(settings) + str(settings)
-    for secret in ("s3cr3t-value", "pw-db", "pw-broker", "pw-flower"):
+    for secret in ("s3cr3t-value", "pw-db", "pw-broker", "pw-flower", "EAAG-token", "pw-redis"):
         assert secret not in shown
 
 

@@ -26,8 +26,16 @@ def _procfile_queues(name: str) -> dict[str, str]:
 
 def test_every_seed_queue_and_the_dead_letter_queue_are_declared_durable():
     declared = {q.name: q for q in app.conf.task_queues}
-    assert set(declared) == set(queues.SEED_QUEUES) | {"wa.dead_letter"}
-    assert all(q.durable and q.exchange.durable and q.routing_key == q.name for q in declared.values())
+    assert set(declared) == set(queues.SEED_QUEUES) | {"wa.outgoing.broadcast", "wa.dead_letter"}
+    assert all(q.durable for q in declared.values())
+    dead_letter = declared.pop("wa.dead_letter")
+    assert {(b.exchange.name, b.routing_key) for b in dead_letter.bindings} == {("wa", "wa.dead_letter"),
+                                                                             ("wa.dlx", "wa.dead_letter")}
+    for q in declared.values():
+        assert q.exchange.durable and q.routing_key == q.name
+        # Whatever RabbitMQ drops from a work queue goes to wa.dead_letter, never nowhere.
+        assert q.queue_arguments["x-dead-letter-exchange"] == "wa.dlx"
+        assert q.queue_arguments["x-dead-letter-routing-key"] == "wa.dead_letter"
 
 
 def test_every_task_is_routed_by_its_pinned_name_to_its_own_queue():

@@ -22,6 +22,10 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 # They are refused in production.
 DEV_APP_SECRET = "waflow-dev-app-secret"
 DEV_VERIFY_TOKEN = "waflow-dev-verify-token"
+DEV_ACCESS_TOKEN = "waflow-dev-access-token"
+DEV_PHONE_NUMBER_ID = "100000000000001"
+# Meta's current pages use v25.0; pin the version, never call unversioned URLs.
+GRAPH_API_URL = "https://graph.facebook.com/v25.0"
 
 
 # Every variable load() reads; README.md's configuration table lists the same names.
@@ -29,7 +33,11 @@ VARIABLES = (
     "WAFLOW_ENV", "DATABASE_URL", "CELERY_BROKER_URL", "WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN",
     "FLOWER_BASIC_AUTH", "WAFLOW_VAR_DIR", "WAFLOW_MAX_BODY_BYTES", "WAFLOW_PUBLISH_TIMEOUT", "WAFLOW_LOG_LEVEL",
     "PORT", "WEB_CONCURRENCY", "WEB_THREADS",
+    "WHATSAPP_API_URL", "WHATSAPP_ACCESS_TOKEN", "WHATSAPP_PHONE_NUMBER_ID", "WHATSAPP_SEND_RATE", "REDIS_URL",
+    "SIMULATOR_PORT", "SIMULATOR_WEBHOOK_URL",
+    "WAFLOW_QUEUE_TYPE", "WAFLOW_DEAD_LETTER_RETENTION_DAYS",
 )
+QUEUE_TYPES = ("classic", "quorum")
 
 
 class ConfigError(RuntimeError):
@@ -98,6 +106,15 @@ class Settings:
     port: int
     web_concurrency: int
     web_threads: int
+    whatsapp_api_url: str
+    access_token: str = field(repr=False)
+    phone_number_id: str
+    send_rate: int
+    redis_url: str = field(repr=False)
+    simulator_port: int
+    simulator_webhook_url: str
+    queue_type: str
+    dead_letter_retention_days: int
 
     @property
     def production(self) -> bool:
@@ -135,6 +152,13 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     if production and broker_url.split("://", 1)[0] in ("embedded", "filesystem"):
         raise ConfigError("CELERY_BROKER_URL is not set (or is the embedded broker); production needs RabbitMQ")
 
+    broker_is_embedded = broker_url.split("://", 1)[0] in ("embedded", "filesystem")
+    port = _int(env, "PORT", 5000, 1, 65535)
+    simulator_port = _int(env, "SIMULATOR_PORT", 5900, 1, 65535)
+    queue_type = env.get("WAFLOW_QUEUE_TYPE") or "classic"
+    if queue_type not in QUEUE_TYPES:
+        raise ConfigError(f"WAFLOW_QUEUE_TYPE must be one of {', '.join(QUEUE_TYPES)}, got {queue_type!r}")
+
     return Settings(
         env=mode,
         database_url=database_url,
@@ -149,10 +173,26 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         # Meta redelivers on any non-200; answering 503 within a second beats hanging.
         publish_timeout=_float(env, "WAFLOW_PUBLISH_TIMEOUT", 0.9, 0.05, 30.0),
         log_level=(env.get("WAFLOW_LOG_LEVEL") or "INFO").upper(),
-        port=_int(env, "PORT", 5000, 1, 65535),
+        port=port,
         # Two processes for two cores; threads wait on the broker's confirms, not the CPU.
         web_concurrency=_int(env, "WEB_CONCURRENCY", 2, 1, 64),
         web_threads=_int(env, "WEB_THREADS", 16, 1, 256),
+        # In development the Meta simulator (waflow.simulator) stands in for Meta's Graph API.
+        whatsapp_api_url=(env.get("WHATSAPP_API_URL") or (
+            GRAPH_API_URL if production else f"http://127.0.0.1:{simulator_port}/v25.0")).rstrip("/"),
+        access_token=secret("WHATSAPP_ACCESS_TOKEN", DEV_ACCESS_TOKEN),
+        phone_number_id=secret("WHATSAPP_PHONE_NUMBER_ID", DEV_PHONE_NUMBER_ID),
+        # Meta's default per-number throughput; numbers are upgraded automatically up to 1000/s.
+        send_rate=_int(env, "WHATSAPP_SEND_RATE", 80, 1, 1000),
+        # The send limiter's shared store. Empty on the embedded broker: the limiter then shares
+        # its state through a file under WAFLOW_VAR_DIR (one host). Never a per-process limit.
+        redis_url=env.get("REDIS_URL") or ("" if broker_is_embedded else "redis://127.0.0.1:6379/0"),
+        simulator_port=simulator_port,
+        simulator_webhook_url=env.get("SIMULATOR_WEBHOOK_URL") or f"http://127.0.0.1:{port}/webhooks/whatsapp",
+        # quorum: replicated queues for a RabbitMQ cluster (docs/reliability.md).
+        queue_type=queue_type,
+        # Dead letters hold client text: they are deleted this many days after they were recorded.
+        dead_letter_retention_days=_int(env, "WAFLOW_DEAD_LETTER_RETENTION_DAYS", 30, 1, 3650),
     )
 
 
