@@ -32,7 +32,8 @@ REFERENCE_BODY = (
 )
 REFERENCE_SIGNATURE = "sha256=54edfa1d7259e0eb13c677cc7d73d1b5c86cfa12433d19156e058ab9251bc441"
 
-TABLES = ("message_statuses", "messages", "conversations", "contacts", "media", "webhook_payloads", "webhook_events")
+TABLES = ("message_statuses", "messages", "conversations", "contacts", "media", "webhook_payloads", "webhook_events",
+          "dead_letter_replays", "dead_letters", "redeliveries")
 
 
 class RecordingPublisher:
@@ -149,7 +150,7 @@ def purge_queues(broker_url: str, env: dict[str, str]) -> None:
 
 
 class Stack:
-    """gunicorn and the ingestor, core and media workers, as the Procfile runs them."""
+    """gunicorn, the ingestor, core and media workers and the dead-letter recorder, as the Procfile runs them."""
 
     WORKERS = (("ingestor", "wa.incoming.raw"), ("core", "wa.incoming.normalized"),
                ("media", "wa.media.processing"))
@@ -177,15 +178,25 @@ class Stack:
         purge_queues(self.env["CELERY_BROKER_URL"], self.env)
         self._spawn("web", [str(bin_dir / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"])
         for name, queue in self.WORKERS:
-            self._spawn(name, [str(bin_dir / "celery"), "-A", "waflow", "worker", "-Q", queue, "-n", f"{name}@%h",
-                               "-c", "2", "-l", "INFO", "--without-mingle", "--without-gossip"])
+            self.start_worker(name, queue)
+        self._spawn("deadletter", [str(bin_dir / "flask"), "--app", "wsgi", "dlq", "record"])
         wait_for(self._web_ready, 30, what="gunicorn")
         for name, _ in self.WORKERS:
-            wait_for(lambda n=name: "ready." in (self.log_dir / f"{n}.log").read_text(), 60, what=f"{name} worker")
+            self.wait_ready(name)
+        wait_for(lambda: "dlq recorder: consuming" in (self.log_dir / "deadletter.log").read_text(), 60,
+                 what="dead-letter recorder")
         return self
 
+    def start_worker(self, name: str, queue: str, *extra: str) -> None:
+        bin_dir = Path(sys.executable).parent
+        self._spawn(name, [str(bin_dir / "celery"), "-A", "waflow", "worker", "-Q", queue, "-n", f"{name}@%h",
+                           "-c", "2", "-l", "INFO", "--without-mingle", "--without-gossip", *extra])
+
+    def wait_ready(self, name: str) -> None:
+        wait_for(lambda: "ready." in (self.log_dir / f"{name}.log").read_text(), 60, what=f"{name} worker")
+
     def _spawn(self, name: str, argv: list[str]) -> None:
-        with open(self.log_dir / f"{name}.log", "w") as log:
+        with open(self.log_dir / f"{name}.log", "a") as log:
             proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         self.procs.append((name, proc))

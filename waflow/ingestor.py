@@ -442,8 +442,9 @@ def ingest_raw(body: str, received_at: float) -> int:
         batch = split_webhook(raw, received_at)
     except NotAWebhook as exc:
         logger.warning("ingest_raw: not a WhatsApp webhook (%s), dead-lettered", exc)
-        dlq.dead_letter(queue=queues.INCOMING_RAW, task=ingest_raw.name, reason=str(exc),
-                        error_type="NotAWebhook", payload=body, received_at=received_at)
+        dlq.publish(dlq.input_record(task=ingest_raw.name, task_id=ingest_raw.request.id, queue=queues.INCOMING_RAW,
+                                     reason=str(exc), error_type="NotAWebhook", args=[body, received_at],
+                                     received_at=received_at))
         return 0
     with transaction() as conn:
         store_payload(conn, raw, batch.sha256, received_at)
@@ -451,8 +452,11 @@ def ingest_raw(body: str, received_at: float) -> int:
         handle_normalized.apply_async((event.model_dump(mode="json", exclude_none=True),))
     for job in batch.media_jobs:
         record_media.apply_async((job,))
-    for reason, update in batch.rejected:
+    for n, (reason, update) in enumerate(batch.rejected):
+        # Replaying the record re-ingests the whole body: what was stored stays stored once.
         logger.warning("ingest_raw: payload %s: unreadable update (%s), dead-lettered", batch.sha256[:12], reason)
-        dlq.dead_letter(queue=queues.INCOMING_RAW, task=ingest_raw.name, reason=reason, error_type="BadUpdate",
-                        payload=json.dumps(update, ensure_ascii=False, default=str), received_at=received_at)
+        dlq.publish(dlq.input_record(task=ingest_raw.name, task_id=ingest_raw.request.id, queue=queues.INCOMING_RAW,
+                                     reason=reason, error_type="BadUpdate", args=[body, received_at],
+                                     received_at=received_at, position=f"update-{n}",
+                                     detail=json.dumps(update, ensure_ascii=False, default=str)))
     return len(batch.events)

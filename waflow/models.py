@@ -1,4 +1,4 @@
-"""Database tables: contacts, conversations, messages, statuses, media, raw payloads.
+"""Database tables: contacts, conversations, messages, statuses, media, raw payloads, dead letters.
 
 Every table a stage writes has a unique key from Meta's data, so that a
 redelivered webhook or task leaves one row: the database judges "already done".
@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Mapped, mapped_column
 
 from waflow.db import Base
@@ -151,3 +152,63 @@ class WebhookEvent(Base):
     content: Mapped[json_doc]
     received_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     created_at: Mapped[created_at]
+
+
+class DeadLetter(Base):
+    """What failed for good, kept for a person to inspect and replay (``waflow.dlq``).
+
+    One row per failed task run (``key``: its task id, or task id and position for a single
+    update set aside by the ingestor). The failure handler's record and the broker's
+    dead-lettered copy of the same message merge into the one row. Holds client content:
+    see docs/reliability.md for who may read it and how long it is kept."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[intpk]
+    key: Mapped[str] = mapped_column(sa.Text, unique=True)
+    queue: Mapped[str] = mapped_column(sa.Text, index=True)
+    task: Mapped[str | None] = mapped_column(sa.Text)
+    task_id: Mapped[str | None] = mapped_column(sa.Text)
+    args: Mapped[list[Any] | None] = mapped_column(sa.JSON().with_variant(postgresql.JSONB(), "postgresql"))
+    kwargs: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON().with_variant(postgresql.JSONB(), "postgresql"))
+    error_type: Mapped[str | None] = mapped_column(sa.Text, index=True)
+    error_message: Mapped[str | None] = mapped_column(sa.Text)
+    traceback: Mapped[str | None] = mapped_column(sa.Text)
+    detail: Mapped[str | None] = mapped_column(sa.Text)
+    retries: Mapped[int | None]
+    first_failed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    last_failed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    received_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # handler: the failure handler's record; broker: RabbitMQ dead-lettered the message itself
+    # (broker_reason: rejected, delivery_limit, ...); unknown: a message waflow did not write.
+    source: Mapped[str] = mapped_column(sa.Text)
+    broker_reason: Mapped[str | None] = mapped_column(sa.Text)
+    raw: Mapped[str | None] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.Text, default="dead")  # dead | replayed
+    replay_count: Mapped[int] = mapped_column(default=0)
+    recorded_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow, index=True)
+
+
+class DeadLetterReplay(Base):
+    """One replay of a dead letter: when, by whom, and the task id it was sent under."""
+
+    __tablename__ = "dead_letter_replays"
+
+    id: Mapped[intpk]
+    dead_letter_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("dead_letters.id", ondelete="CASCADE"),
+                                                index=True)
+    task_id: Mapped[str] = mapped_column(sa.Text)
+    queue: Mapped[str] = mapped_column(sa.Text)
+    replayed_by: Mapped[str] = mapped_column(sa.Text)
+    replayed_at: Mapped[created_at]
+
+
+class Redelivery(Base):
+    """How often the broker redelivered one task message (``StageTask`` counts it), so that a
+    message that keeps killing its worker is dead-lettered instead of run forever."""
+
+    __tablename__ = "redeliveries"
+
+    task_id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    count: Mapped[int]
+    last_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow, index=True)

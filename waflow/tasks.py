@@ -6,8 +6,12 @@ defaults in one place:
 
 - ``acks_late``: a task acknowledges only after it ran; every stage is idempotent
   (the database judges "already done"), so redelivery after a crash is safe.
-- ``autoretry_for`` transient errors only (database unreachable, timeouts), with
-  exponential backoff; permanent errors are never retried.
+- the retry policy (below, the one place it is defined): ``autoretry_for``
+  transient errors only (database unreachable, HTTP timeouts and 5xx), 3 retries
+  with exponential backoff and a bounded jitter; permanent errors are never
+  retried; broker errors hand the message back to the broker instead.
+- what fails for good is rejected to the broker's dead-letter exchange after the
+  failure handler has published a dead-letter record (``docs/reliability.md``).
 - the wire name and the queue are pinned on every task, so a rename shows.
 - ``argsrepr``: what Flower, events and log lines show of a task's arguments is
   ids and sizes, never a client's text.
@@ -16,10 +20,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 import time
 from typing import Any, Callable
 
 import amqp.exceptions
+import requests
 from celery import Celery, Task, signals
 from celery.exceptions import Reject
 from kombu import exceptions as kombu_exc
@@ -39,6 +45,16 @@ def _fresh_connections_in_child(**_: Any) -> None:
     dispose_engines()
 
 
+@signals.worker_ready.connect
+def _declare_the_dead_letter_queue(**_: Any) -> None:
+    """Every worker declares ``wa.dead_letter`` and its binding to ``wa.dlx`` as it starts, so the
+    broker has somewhere to dead-letter a message before any record was ever published."""
+    from waflow.dlq import DEAD_LETTER_QUEUE
+
+    with celery_app.connection_for_write() as conn:
+        DEAD_LETTER_QUEUE(conn.default_channel).declare()
+
+
 @signals.after_setup_logger.connect
 def _one_line_per_task_is_too_many(loglevel: int = logging.INFO, **_: Any) -> None:
     """Keep Celery's "Task … received" and "… succeeded" lines (two per task, thousands a second
@@ -49,14 +65,50 @@ def _one_line_per_task_is_too_many(loglevel: int = logging.INFO, **_: Any) -> No
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-# Errors that may pass by themselves: a dropped or refused database connection.
+class TransientError(Exception):
+    """An outside service failed in a way that may pass by itself (an HTTP 5xx, a timeout).
+
+    Stages wrap such failures in this one domain error so the retry policy below
+    needs to know no client library."""
+
+
+# --- the retry policy: the one place it is defined; stage_task() applies it to every task ------------------
+
+# Errors that may pass by themselves: a dropped, refused or timed-out database connection,
+# an HTTP call that timed out or could not connect, a 5xx (wrapped in TransientError).
+# Anything else is permanent (bad input, a 4xx that will not change) and never retried.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     sa_exc.OperationalError,
     sa_exc.InterfaceError,
     sa_exc.TimeoutError,
     ConnectionError,
     TimeoutError,
+    requests.ConnectionError,
+    requests.Timeout,
+    TransientError,
 )
+MAX_RETRIES = 3
+# Waits of 3, 6 and 12 s (Celery's autoretry: factor x 2^n), each stretched by up to JITTER and
+# never shortened: together 21 to 26 s, which rides out a 10-second database outage with room to
+# spare. Celery's own jitter is "full" (uniform over 0..wait) and can spend all three retries in
+# under a second, so it is off and StageTask.retry adds this bounded one.
+BACKOFF_FACTOR = 3
+JITTER = 0.25
+# The cap on every countdown waflow uses (retries, Meta's pauses). A message waiting for its
+# countdown is held unacknowledged by the worker, and RabbitMQ closes the channel of a consumer
+# that holds a delivery longer than its consumer_timeout (30 min by default on 3.10, a global
+# broker setting there): two minutes stays far below it. docs/reliability.md says the same.
+MAX_COUNTDOWN = 120.0
+# A message redelivered more often than this (it keeps killing the worker that runs it) is
+# dead-lettered instead of run again. Classic queues on RabbitMQ 3.10 count nothing, so waflow
+# counts redeliveries in the database; a quorum queue's x-delivery-limit does the same.
+REDELIVERY_LIMIT = 5
+
+
+def retry_countdowns() -> list[tuple[float, float]]:
+    """The (shortest, longest) wait before each retry, as the policy above sets them."""
+    waits = [min(MAX_COUNTDOWN, BACKOFF_FACTOR * 2 ** n) for n in range(MAX_RETRIES)]
+    return [(w, min(MAX_COUNTDOWN, w * (1 + JITTER))) for w in waits]
 
 
 # Errors of the broker itself, met while a task publishes its next step. Retrying by
@@ -67,8 +119,12 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
     amqp.exceptions.ConnectionError,
     amqp.exceptions.MessageNacked,
 )
-# A pause before handing the message back, so a broker outage is not a hot loop.
+# A pause before handing the message back, doubling with each redelivery (up to 30 s), so a
+# broker outage is not a hot loop.
 REQUEUE_PAUSE = 1.0
+MAX_REQUEUE_PAUSE = 30.0
+# The header a retry carries from the first failure on, for the dead-letter record.
+FIRST_FAILED_HEADER = "waflow_first_failed_at"
 
 
 def describe(value: Any) -> str:
@@ -90,44 +146,104 @@ def describe_args(args: tuple | list) -> str:
 
 
 class StageTask(Task):
-    """Base task: redacted argument representations on every publish, retries included,
-    and a failure handler that keeps what failed for good in the dead-letter queue."""
+    """Base task: redacted argument representations on every publish (retries included), the
+    retry policy's bounded jitter, and a guard against a message that keeps killing its worker.
+
+    What fails for good is dead-lettered by ``_dead_letter_what_failed`` (the failure handler)."""
 
     def apply_async(self, args=None, kwargs=None, **options):  # type: ignore[override]
         options.setdefault("argsrepr", describe_args(args or ()))
         options.setdefault("kwargsrepr", "{" + ", ".join(f"{k}: {describe(v)}" for k, v in (kwargs or {}).items()) + "}")
         return super().apply_async(args, kwargs, **options)
 
-    def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[override]
-        logger.warning("%s[%s] retry %d of %d after %s: %s", self.name, task_id, self.request.retries + 1,
-                       self.max_retries, type(exc).__name__, exc)
+    def retry(self, args=None, kwargs=None, exc=None, throw=True, eta=None, countdown=None, max_retries=None,
+              **options):  # type: ignore[override]
+        """Celery's retry, with the policy's bounded jitter, the countdown cap, and the time of the
+        first failure carried in a header for the dead-letter record."""
+        if countdown is not None:
+            countdown = min(MAX_COUNTDOWN, countdown * (1 + random.uniform(0, JITTER)))
+        headers = dict(self.request.headers or {})
+        headers.setdefault(FIRST_FAILED_HEADER, time.time())
+        options["headers"] = headers
+        return super().retry(args=args, kwargs=kwargs, exc=exc, throw=throw, eta=eta, countdown=countdown,
+                             max_retries=max_retries, **options)
 
-    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[override]
-        """Publish a dead-letter record for a task that failed for good (retries spent, or a permanent error).
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        delivery = self.request.delivery_info or {}
+        self.request.delivery_count = 0
+        if delivery.get("redelivered") and self.request.id:
+            self._guard_redelivery()
+        return super().__call__(*args, **kwargs)
 
-        It runs before the message is acknowledged, so normally the record is on the broker first. If
-        this publish fails too, Celery acknowledges the message all the same: a known gap, written down
-        in docs/reliability.md, that the reliability issue closes.
-        """
+    def _guard_redelivery(self) -> None:
+        """Count a redelivered message; dead-letter it once it has come back too often."""
         from waflow import dlq
+        from waflow.db import transaction
 
-        logger.error("%s[%s] failed for good after %d retries (%s): dead-lettered",
-                     self.name, task_id, self.request.retries, type(exc).__name__)
-        dlq.dead_letter(queue=self.queue, task=self.name, task_id=task_id, reason=f"{type(exc).__name__}: {exc}",
-                        error_type=type(exc).__name__, payload={"args": list(args), "kwargs": kwargs},
-                        retries=self.request.retries, exc=exc)
+        try:
+            with transaction() as conn:
+                count = dlq.count_redelivery(conn, self.request.id)
+        except TRANSIENT_ERRORS as exc:
+            # The database is away: the task body will meet that too and retry; count next time.
+            logger.warning("%s[%s]: redelivery not counted (%s)", self.name, self.request.id, type(exc).__name__)
+            return
+        self.request.delivery_count = count
+        if count > REDELIVERY_LIMIT:
+            raise Reject(f"redelivered {count} times: the message keeps killing its worker", requeue=False)
+
+    def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[override]
+        logger.warning("%s[%s] retry %d of %d after %s", self.name, task_id, self.request.retries + 1,
+                       self.max_retries, type(exc).__name__)
+
+
+@signals.task_failure.connect
+def _dead_letter_what_failed(sender: Task | None = None, task_id: str | None = None,
+                             exception: BaseException | None = None, args: Any = None, kwargs: Any = None,
+                             einfo: Any = None, **_: Any) -> None:
+    """The failure handler: publish a dead-letter record for a stage task that failed for good.
+
+    Celery sends ``task_failure`` once a task will not run again: retries spent, a permanent
+    error, its worker lost past the retry budget, a retry that could not be published, a
+    message redelivered too often. Ordinary failures reach it in the pool process, before the
+    worker settles the message; lost workers and rejections in the main process. Either way the
+    message is then rejected without requeue (``acks_on_failure=False``), and RabbitMQ moves it
+    to ``wa.dead_letter`` through ``wa.dlx`` too: the record adds the diagnosis, and if its
+    publish fails, the broker's copy still arrives (the recorder merges the two by task id)."""
+    if not isinstance(sender, StageTask) or task_id is None or exception is None:
+        return
+    from waflow import dlq
+
+    request = sender.request
+    queue = (request.delivery_info or {}).get("routing_key") or sender.queue
+    logger.error("%s[%s] failed for good after %d retries (%s): dead-lettered", sender.name, task_id,
+                 request.retries or 0, type(exception).__name__)
+    try:
+        dlq.publish(dlq.failure_record(
+            task=sender.name, task_id=task_id, queue=queue, exc=exception, args=args, kwargs=kwargs,
+            retries=request.retries or 0, first_failed_at=getattr(request, FIRST_FAILED_HEADER, None),
+            traceback_text=getattr(einfo, "traceback", None),
+        ))
+    except Exception as exc:  # noqa: BLE001 - the broker's dead-letter exchange still has the message
+        logger.error("%s[%s]: dead-letter record not published (%s); the broker dead-letters the message itself",
+                     sender.name, task_id, type(exc).__name__)
 
 
 def stage_task(*, name: str, queue: str, **options: Any) -> Callable[[Callable[..., Any]], Task]:
     """Declare a pipeline task consumed from ``queue`` under the wire name ``name``."""
     options.setdefault("acks_late", True)
+    # A task that failed for good is rejected without requeue, after its record is published:
+    # RabbitMQ moves it to wa.dead_letter (wa.dlx), so even an unpublished record loses nothing.
+    options.setdefault("acks_on_failure", False)
+    # A pool process that dies mid-task (killed, out of memory) is a retry like any other,
+    # within the same budget; past it the message is dead-lettered, not looped forever.
+    options.setdefault("retry_on_worker_lost", True)
+    options.setdefault("default_retry_delay", BACKOFF_FACTOR)
     options.setdefault("ignore_result", True)
     options.setdefault("autoretry_for", TRANSIENT_ERRORS)
-    options.setdefault("max_retries", 3)
-    # 2, 4, 8 s: the three waits together (14 s) ride out a 10 s database outage.
-    options.setdefault("retry_backoff", 2)
-    options.setdefault("retry_backoff_max", 60)
-    options.setdefault("retry_jitter", False)
+    options.setdefault("max_retries", MAX_RETRIES)
+    options.setdefault("retry_backoff", BACKOFF_FACTOR)
+    options.setdefault("retry_backoff_max", int(MAX_COUNTDOWN))
+    options.setdefault("retry_jitter", False)  # StageTask.retry adds a bounded jitter instead
 
     def decorate(fn: Callable[..., Any]) -> Task:
         @functools.wraps(fn)
@@ -135,10 +251,14 @@ def stage_task(*, name: str, queue: str, **options: Any) -> Callable[[Callable[.
             try:
                 return fn(*args, **kwargs)
             except BROKER_ERRORS as exc:
-                logger.warning("%s: broker unavailable (%s), message goes back to the queue", name, exc)
-                time.sleep(REQUEUE_PAUSE)
+                redeliveries = getattr(task.request, "delivery_count", 0)
+                pause = min(MAX_REQUEUE_PAUSE, REQUEUE_PAUSE * 2 ** redeliveries)
+                logger.warning("%s: broker unavailable (%s), message goes back to the queue in %.0fs",
+                               name, type(exc).__name__, pause)
+                time.sleep(pause)
                 raise Reject(exc, requeue=True) from exc
 
-        return celery_app.task(name=name, queue=queue, base=StageTask, **options)(run)
+        task = celery_app.task(name=name, queue=queue, base=StageTask, **options)(run)
+        return task
 
     return decorate
