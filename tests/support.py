@@ -48,6 +48,10 @@ class RecordingPublisher:
             raise self.error
         self.published.append((body, received_at))
 
+    def ready(self) -> None:
+        if self.error is not None:
+            raise self.error
+
 
 def sign(body: bytes, secret: str = REFERENCE_SECRET) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()

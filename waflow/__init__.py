@@ -17,6 +17,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from waflow import cli, config
     from waflow.broker import make_publisher
     from waflow.gateway import bp as gateway_bp
+    from waflow.health import bp as health_bp
 
     app = Flask(__name__)
     settings = (test_config or {}).get("WAFLOW_SETTINGS") or config.settings
@@ -31,5 +32,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app.extensions["waflow.publisher"] = (test_config or {}).get("WAFLOW_PUBLISHER") or make_publisher(settings)
     app.register_blueprint(gateway_bp)
+    app.register_blueprint(health_bp)
     cli.register(app)
     return app

@@ -48,6 +48,9 @@ class PublishError(RuntimeError):
 class Publisher(Protocol):
     def publish_raw(self, body: bytes, received_at: float) -> None: ...
 
+    def ready(self) -> None:
+        """Return if the broker takes publishes to ``wa.incoming.raw`` now; raise PublishError if not."""
+
 
 def _args(body: bytes, received_at: float) -> tuple[tuple[str, float], str]:
     """The task's arguments (the body as text, undecodable bytes escaped) and what Flower may show of them."""
@@ -64,9 +67,11 @@ def task_message(app, body: bytes, received_at: float) -> tuple[str, dict, dict,
 
 
 class _Pending:
+    """A message for the publisher thread, or (``message`` None) a readiness probe."""
+
     __slots__ = ("message", "task_id", "done", "error", "abandoned")
 
-    def __init__(self, message: amqp.Message, task_id: str) -> None:
+    def __init__(self, message: amqp.Message | None, task_id: str) -> None:
         self.message = message
         self.task_id = task_id
         self.done = threading.Event()
@@ -117,7 +122,13 @@ class ConfirmingPublisher:
             payload, content_type="application/json", content_encoding="utf-8",
             application_headers=headers, delivery_mode=2, priority=0, **properties,
         )
-        item = _Pending(message, task_id)
+        self._submit(_Pending(message, task_id))
+
+    def ready(self) -> None:
+        """A probe through the publisher's own connection: the queue is there and the channel open."""
+        self._submit(_Pending(None, ""))
+
+    def _submit(self, item: _Pending) -> None:
         self._start_if_needed()
         with self._cv:
             self._queue.append(item)
@@ -177,6 +188,10 @@ class ConfirmingPublisher:
     def _send(self, batch: list[_Pending], deadline: float) -> None:
         channel = self._ensure_channel()
         for item in batch:
+            if item.message is None:  # a readiness probe: the queue exists on an open channel
+                channel.queue_declare(queue=queues.INCOMING_RAW, passive=True)
+                item.finish()
+                continue
             self._seq += 1
             self._unconfirmed[self._seq] = item
             self._by_task[item.task_id] = item
@@ -253,6 +268,21 @@ class CeleryPublisher:
             self.app.send_task(INGEST_TASK, args=args, queue=queues.INCOMING_RAW, argsrepr=argsrepr,
                                kwargsrepr="{}", retry=False)
         except (KombuError, OSError) as exc:  # e.g. the embedded broker's disk is full
+            raise PublishError(f"broker unavailable: {exc}") from None
+
+    def ready(self) -> None:
+        from kombu.exceptions import KombuError
+
+        try:
+            with self.app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1)
+                if self.app.conf.broker_transport_options.get("data_folder_out"):
+                    # The embedded broker: "takes publishes" means its folders are there and writable.
+                    for key in ("data_folder_out", "staging_folder"):
+                        folder = self.app.conf.broker_transport_options[key]
+                        if not os.access(folder, os.W_OK):
+                            raise OSError(f"{folder} is not writable")
+        except (KombuError, OSError) as exc:
             raise PublishError(f"broker unavailable: {exc}") from None
 
 
