@@ -258,7 +258,8 @@ def stage_task(*, name: str, queue: str, **options: Any) -> Callable[[Callable[.
                 time.sleep(pause)
                 raise Reject(exc, requeue=True) from exc
 
-        task = celery_app.task(name=name, queue=queue, base=StageTask, **options)(run)
+        options.setdefault("base", StageTask)
+        task = celery_app.task(name=name, queue=queue, **options)(run)
         return task
 
     return decorate
