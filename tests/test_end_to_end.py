@@ -162,3 +162,27 @@ def test_a_1000_update_batch_is_persisted(live):
     wait_rows(live, "messages", 600, timeout=120)
     wait_rows(live, "message_statuses", 400, timeout=60)
     assert scalar(live, "SELECT count(DISTINCT wamid) FROM messages") == 600
+
+
+def test_the_spine_runs_on_quorum_queues_and_dead_letters_through_them(tmp_path):
+    """WAFLOW_QUEUE_TYPE=quorum, for a RabbitMQ cluster: same results, on the vhost .ci/run makes for it."""
+    if not (PG_URL and AMQP_URL):
+        pytest.skip(SKIP_PG if not PG_URL else SKIP_AMQP)
+    broker_url = AMQP_URL.rsplit("/", 1)[0] + "/waflow_test_quorum"
+    settings = config.load({"DATABASE_URL": PG_URL, "CELERY_BROKER_URL": broker_url, "WAFLOW_VAR_DIR": str(tmp_path),
+                            "WAFLOW_QUEUE_TYPE": "quorum"})
+    migrate(settings.database_url, fresh=True)
+    running = Stack(database_url=PG_URL, broker_url=broker_url, var_dir=str(tmp_path))
+    running.env["WAFLOW_QUEUE_TYPE"] = "quorum"
+    running.settings = settings
+    try:
+        running.start()
+        assert running.post(compact(text_webhook(["wamid.QUORUM"]))).status_code == 200
+        assert running.post(b'{"object":"page","entry":[]}').status_code == 200
+        wait_rows(running, "messages", 1, where="wamid = 'wamid.QUORUM'")
+        wait_rows(running, "dead_letters", 1, timeout=30)
+        with Connection(broker_url) as conn:
+            declared = conn.default_channel.queue_declare(queues.INCOMING_RAW, passive=True)
+        assert declared.message_count == 0
+    finally:
+        running.stop()

@@ -93,3 +93,16 @@ def test_published_task_messages_carry_the_redacted_representation():
         simple.close()
     assert message.headers["argsrepr"] == "(<message:wamid.R>)"
     assert "privileged" not in message.headers["argsrepr"] + message.headers["kwargsrepr"]
+
+
+def test_quorum_queues_dead_letter_at_least_once_past_a_delivery_limit_through_topic_exchanges():
+    declared = {q.name: q for q in queues.declarations("quorum")}
+    dead_letter = declared.pop("wa.dead_letter")
+    assert dead_letter.queue_arguments == {"x-queue-type": "quorum"}
+    assert {b.exchange.type for b in dead_letter.bindings} == {"topic"}
+    for q in declared.values():
+        assert q.exchange.type == "topic"  # Celery's native delayed delivery (countdowns) needs it
+        assert q.queue_arguments["x-queue-type"] == "quorum"
+        assert q.queue_arguments["x-delivery-limit"] == queues.QUORUM_DELIVERY_LIMIT
+        assert q.queue_arguments["x-dead-letter-strategy"] == "at-least-once"
+        assert q.queue_arguments["x-overflow"] == "reject-publish"

@@ -64,8 +64,13 @@ def exchange(queue_type: str | None = None) -> Exchange:
     return Exchange("wa", type=EXCHANGE_TYPES[queue_type or _queue_type()], durable=True)
 
 
+def dead_letter_exchange(queue_type: str | None = None) -> Exchange:
+    """Where RabbitMQ sends what a work queue dead-letters; only ``wa.dead_letter`` is bound to it."""
+    return Exchange("wa.dlx", type=EXCHANGE_TYPES[queue_type or _queue_type()], durable=True)
+
+
 EXCHANGE = exchange()
-DEAD_LETTER_EXCHANGE = Exchange("wa.dlx", type="direct", durable=True)
+DEAD_LETTER_EXCHANGE = dead_letter_exchange()
 
 
 def queue(name: str, queue_type: str | None = None) -> Queue:
@@ -76,7 +81,8 @@ def queue(name: str, queue_type: str | None = None) -> Queue:
     if queue_type == "quorum":
         arguments["x-queue-type"] = "quorum"
     if name == DEAD_LETTER:
-        return Queue(name, bindings=[binding(wa, routing_key=name), binding(DEAD_LETTER_EXCHANGE, routing_key=name)],
+        return Queue(name, bindings=[binding(wa, routing_key=name),
+                                     binding(dead_letter_exchange(queue_type), routing_key=name)],
                      durable=True, queue_arguments=arguments or None)
     arguments.update({"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name, "x-dead-letter-routing-key": DEAD_LETTER})
     if queue_type == "quorum":
