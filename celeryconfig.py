@@ -33,6 +33,8 @@ task_routes = {
     "waflow.ingestor.ingest_raw": {"queue": _queues.INCOMING_RAW},
     "waflow.core.handle_normalized": {"queue": _queues.INCOMING_NORMALIZED},
     "waflow.media.record_media": {"queue": _queues.MEDIA_PROCESSING},
+    # Replies; broadcasts name their lane's queue (wa.outgoing.broadcast) when they are queued.
+    "waflow.outbound.send_message": {"queue": _queues.OUTGOING_COMMAND},
 }
 
 # Every stage task is idempotent, so it acknowledges only after it ran: a worker
@@ -47,7 +49,12 @@ worker_prefetch_multiplier = 4
 worker_send_task_events = False
 task_send_sent_event = False
 
-imports = ("waflow.ingestor", "waflow.core", "waflow.media")
+imports = ("waflow.ingestor", "waflow.core", "waflow.media", "waflow.outbound")
+
+# The send task's rate_limit="80/s" becomes one limit per phone number across every worker and
+# host (shared through waflow.limiter), paced evenly, replies ahead of broadcasts; stock Celery's
+# bucket is per worker and collapses to a few tasks a second with a backlog (waflow/consumer.py).
+worker_consumer = "waflow.consumer:PacedConsumer"
 
 timezone = "UTC"
 enable_utc = True

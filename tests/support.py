@@ -33,7 +33,7 @@ REFERENCE_BODY = (
 REFERENCE_SIGNATURE = "sha256=54edfa1d7259e0eb13c677cc7d73d1b5c86cfa12433d19156e058ab9251bc441"
 
 TABLES = ("message_statuses", "messages", "conversations", "contacts", "media", "webhook_payloads", "webhook_events",
-          "dead_letter_replays", "dead_letters", "redeliveries")
+          "dead_letter_replays", "dead_letters", "redeliveries", "outbound_messages", "broadcasts")
 
 
 class RecordingPublisher:

@@ -20,7 +20,9 @@ def _procfile_queues(name: str) -> dict[str, str]:
         match = re.match(r"^(\w+): .*celery -A waflow worker -Q ([\w.,]+) -n (\w+)@%h", line)
         if match:
             assert match.group(1) == match.group(3), line
-            found[match.group(2)] = match.group(1)
+            for queue in match.group(2).split(","):
+                assert queue not in found, f"{queue} has two worker lines"
+                found[queue] = match.group(1)
     return found
 
 
@@ -40,7 +42,7 @@ def test_every_seed_queue_and_the_dead_letter_queue_are_declared_durable():
 
 def test_every_task_is_routed_by_its_pinned_name_to_its_own_queue():
     assert set(STAGE_TASKS) == {"waflow.ingestor.ingest_raw", "waflow.core.handle_normalized",
-                                "waflow.media.record_media"}
+                                "waflow.media.record_media", "waflow.outbound.send_message"}
     for name, task in STAGE_TASKS.items():
         assert app.conf.task_routes[name] == {"queue": task.queue}
         assert name.split(".")[1] == task.__module__.split(".")[1]  # waflow.<stage>.<task> lives in waflow/<stage>.py
@@ -62,8 +64,14 @@ def test_a_routing_typo_raises_instead_of_creating_a_queue():
 
 @pytest.mark.parametrize("procfile", ["Procfile", "Procfile.dev"])
 def test_each_consumed_queue_has_exactly_one_worker_line(procfile):
-    consumed = {task.queue for task in STAGE_TASKS.values()}
+    # The send task also consumes its broadcast lane.
+    consumed = {task.queue for task in STAGE_TASKS.values()} | {queues.OUTGOING_BROADCAST}
     assert set(_procfile_queues(procfile)) == consumed
+
+
+def test_the_send_task_carries_the_design_cards_rate_limit_and_the_workers_pace_it():
+    assert app.tasks["waflow.outbound.send_message"].rate_limit == "80/s"
+    assert app.conf.worker_consumer == "waflow.consumer:PacedConsumer"
 
 
 def test_the_procfile_has_web_release_and_flower():

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy import bindparam
 
-from waflow import queues
+from waflow import outbound, queues
 from waflow.db import insert, transaction
 from waflow.events import ContactInfo, InvalidEvent, NormalizedEvent
 from waflow.models import STATUS_RANK, Contact, Conversation, Message, MessageStatus, WebhookEvent
@@ -131,8 +131,11 @@ def _rank(column: Any) -> Any:
     return sa.case(*((column == name, rank) for name, rank in STATUS_RANK.items()), else_=0)
 
 
-def persist_status(conn: sa.Connection, event: NormalizedEvent) -> bool:
-    """Keep a status in the history and move the message's status forward; False if already known."""
+def persist_status(conn: sa.Connection, event: NormalizedEvent, following: list | None = None) -> bool:
+    """Keep a status in the history and move the message's status forward; False if already known.
+
+    A status of one of our own sends that was left in doubt settles it as accepted; the
+    messages that then go on are added to ``following``, to be queued after the commit."""
     st = event.status
     assert st is not None
     new = conn.execute(_sql(conn.dialect.name).insert_status, {
@@ -151,6 +154,9 @@ def persist_status(conn: sa.Connection, event: NormalizedEvent) -> bool:
             .where(Message.wamid == st.wamid, _rank(Message.status) < rank)
             .values(status=st.status, status_at=_at(st.timestamp))
         )
+    settled = outbound.reconcile(conn, st.biz_opaque_callback_data, st.wamid)
+    if following is not None:
+        following.extend(settled)
     return new
 
 
@@ -173,7 +179,7 @@ def on_new_inbound_message(conn: sa.Connection, message_id: int, event: Normaliz
     logger.debug("core: new inbound message id=%s wamid=%s", message_id, event.message and event.message.wamid)
 
 
-def persist_event(conn: sa.Connection, event: NormalizedEvent) -> bool:
+def persist_event(conn: sa.Connection, event: NormalizedEvent, following: list | None = None) -> bool:
     """Persist one normalized event; return False when it had been persisted before."""
     if event.kind == "message":
         message_id = persist_message(conn, event)
@@ -182,7 +188,7 @@ def persist_event(conn: sa.Connection, event: NormalizedEvent) -> bool:
         on_new_inbound_message(conn, message_id, event)
         return True
     if event.kind == "status":
-        return persist_status(conn, event)
+        return persist_status(conn, event, following)
     return persist_webhook_event(conn, event)
 
 
@@ -193,6 +199,8 @@ def handle_normalized(event: dict[str, Any]) -> None:
         parsed = NormalizedEvent.model_validate(event)
     except ValidationError as exc:
         raise InvalidEvent.from_validation(exc) from None  # pydantic's own text quotes the input
+    following: list = []
     with transaction() as conn:
-        if not persist_event(conn, parsed):
+        if not persist_event(conn, parsed, following):
             logger.info("handle_normalized: %s already persisted, skipped", parsed.event_id)
+    outbound.enqueue(following)

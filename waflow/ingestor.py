@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 from pydantic import ValidationError
 
-from waflow import dlq, queues
+from waflow import dlq, limiter, queues
 from waflow.core import handle_normalized
 from waflow.db import insert, transaction
 from waflow.events import (
@@ -430,6 +430,20 @@ def store_payload(conn: Any, raw: bytes, sha256: str, received_at: float) -> Non
     conn.execute(stmt.on_conflict_do_nothing(index_elements=["sha256"]))
 
 
+def _debit_inbound(batch: Batch) -> None:
+    """Meta counts inbound messages against the number's throughput too: take them out of the
+    send limiter's budget. Best effort: inbound work never waits on, or fails for, the limiter."""
+    per_number: dict[str, int] = {}
+    for event in batch.events:
+        if event.kind == "message" and event.phone_number_id:
+            per_number[event.phone_number_id] = per_number.get(event.phone_number_id, 0) + 1
+    for number, n in per_number.items():
+        try:
+            limiter.default_store().debit(number, n)
+        except Exception as exc:  # noqa: BLE001 - the limiter is advisory here
+            logger.warning("ingest_raw: inbound not debited from the send budget (%s)", type(exc).__name__)
+
+
 # --- the task --------------------------------------------------------------------------------------------------
 
 
@@ -452,6 +466,7 @@ def ingest_raw(body: str, received_at: float) -> int:
         handle_normalized.apply_async((event.model_dump(mode="json", exclude_none=True),))
     for job in batch.media_jobs:
         record_media.apply_async((job,))
+    _debit_inbound(batch)
     for n, (reason, update) in enumerate(batch.rejected):
         # Replaying the record re-ingests the whole body: what was stored stays stored once.
         logger.warning("ingest_raw: payload %s: unreadable update (%s), dead-lettered", batch.sha256[:12], reason)

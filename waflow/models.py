@@ -212,3 +212,62 @@ class Redelivery(Base):
     task_id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
     count: Mapped[int]
     last_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow, index=True)
+
+
+# Where an outbound message stands. `sending` is set just before the call to Meta; a message
+# found `sending` after a crash is `in_doubt` (Meta has no idempotency key) and is never sent
+# again automatically: status webhooks (biz_opaque_callback_data) or a person settle it.
+OUTBOUND_STATUSES = ("queued", "sending", "accepted", "failed", "in_doubt", "cancelled")
+OUTBOUND_FINAL = ("accepted", "failed", "cancelled", "in_doubt")
+
+
+class Broadcast(Base):
+    """One template sent to a list of recipients, under a name an operator can resume or cancel."""
+
+    __tablename__ = "broadcasts"
+
+    id: Mapped[intpk]
+    name: Mapped[str] = mapped_column(sa.Text, unique=True)
+    template: Mapped[str] = mapped_column(sa.Text)
+    language: Mapped[str] = mapped_column(sa.Text)
+    phone_number_id: Mapped[str] = mapped_column(sa.Text)
+    total: Mapped[int] = mapped_column(default=0)
+    status: Mapped[str] = mapped_column(sa.Text, default="running")  # running | cancelled
+    created_at: Mapped[created_at]
+    cancelled_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class OutboundMessage(Base):
+    """One command to send a message: its request, where it stands, and Meta's answer.
+
+    ``idempotency_key`` makes a repeated command a no-op; ``wamid`` is set once Meta accepted
+    it (the message then also has its row in ``messages``, where status webhooks move it)."""
+
+    __tablename__ = "outbound_messages"
+    __table_args__ = (sa.Index("ix_outbound_recipient_order", "phone_number_id", "recipient", "id"),
+                      sa.Index("ix_outbound_broadcast_status", "broadcast_id", "status"))
+
+    id: Mapped[intpk]
+    idempotency_key: Mapped[str] = mapped_column(sa.Text, unique=True)
+    phone_number_id: Mapped[str] = mapped_column(sa.Text)
+    # As given: a phone number goes to Meta as `to`, a business-scoped user id as `recipient`.
+    recipient: Mapped[str] = mapped_column(sa.Text)
+    lane: Mapped[str] = mapped_column(sa.Text)  # reply | broadcast
+    kind: Mapped[str] = mapped_column(sa.Text)
+    # Meta's request body (without the callback data added at send time), and its words.
+    payload: Mapped[json_doc]
+    text: Mapped[str | None] = mapped_column(sa.Text)
+    broadcast_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("broadcasts.id"))
+    status: Mapped[str] = mapped_column(sa.Text, default="queued", index=True)
+    # Its task exited because an earlier message to the same recipient was still on its way;
+    # that message's outcome sends this one on (waflow.outbound).
+    parked: Mapped[bool] = mapped_column(default=False)
+    wamid: Mapped[str | None] = mapped_column(sa.Text, unique=True)
+    error_code: Mapped[int | None]
+    error_title: Mapped[str | None] = mapped_column(sa.Text)
+    error_details: Mapped[str | None] = mapped_column(sa.Text)
+    attempts: Mapped[int] = mapped_column(default=0)
+    pair_attempts: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[created_at]
+    updated_at: Mapped[created_at]
+    accepted_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))

@@ -1,0 +1,231 @@
+"""What a send command may ask for, checked against Meta's limits, and the request body it becomes.
+
+A command is validated when it is given (a lawyer's reply, a broadcast row), so a
+message Meta would refuse for its shape is refused at once with a clear reason,
+before anything is queued. Kinds: text, template (with body parameters), media
+by id or link (image, video, audio, document, sticker), interactive reply
+buttons and lists, and read receipts; any message but a read receipt can quote
+an earlier one (``reply_to``).
+
+Limits: ``../shared/reference/whatsapp-cloud-api.md`` section 6.
+"""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+
+# A business-scoped user id (e.g. US.13491208655302741918, US.ENT.…) goes to Meta as
+# `recipient`; anything else (a phone number) as `to`, exactly as given.
+USER_ID = re.compile(r"^[A-Z]{2}\.(?:ENT\.)?[0-9A-Za-z]+$")
+
+
+def is_user_id(recipient: str) -> bool:
+    return bool(USER_ID.match(recipient))
+
+
+class _Kind(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reply_to: str | None = Field(default=None, min_length=1, description="wamid of the message to quote")
+
+    def content(self) -> dict[str, Any]:  # the type's part of Meta's body
+        raise NotImplementedError
+
+    @property
+    def text(self) -> str | None:
+        """The words a person would read, for the conversation view."""
+        return None
+
+
+class Text(_Kind):
+    kind: Literal["text"] = "text"
+    body: str = Field(min_length=1, max_length=4096)
+    preview_url: bool = False
+
+    def content(self) -> dict[str, Any]:
+        return {"type": "text", "text": {"body": self.body, "preview_url": self.preview_url}}
+
+    @property
+    def text(self) -> str:
+        return self.body
+
+
+class Template(_Kind):
+    kind: Literal["template"] = "template"
+    name: str = Field(min_length=1, max_length=512)
+    language: str = Field(default="en_US", min_length=2, max_length=15)
+    parameters: list[str] = Field(default_factory=list, description="the body's {{1}}, {{2}}, ... in order")
+
+    @field_validator("parameters")
+    @classmethod
+    def _no_empty_parameter(cls, value: list[str]) -> list[str]:
+        if any(not p.strip() for p in value):
+            raise ValueError("template parameters cannot be empty")
+        return value
+
+    def content(self) -> dict[str, Any]:
+        template: dict[str, Any] = {"name": self.name, "language": {"code": self.language}}
+        if self.parameters:
+            template["components"] = [{"type": "body", "parameters": [{"type": "text", "text": p}
+                                                                    for p in self.parameters]}]
+        return {"type": "template", "template": template}
+
+    @property
+    def text(self) -> str:
+        return f"[template {self.name}] " + " | ".join(self.parameters) if self.parameters else f"[template {self.name}]"
+
+
+class Media(_Kind):
+    kind: Literal["image", "video", "audio", "document", "sticker"]
+    id: str | None = Field(default=None, min_length=1)
+    link: str | None = Field(default=None, pattern=r"^https://")
+    caption: str | None = Field(default=None, max_length=1024)
+    filename: str | None = Field(default=None, max_length=240)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Media":
+        if (self.id is None) == (self.link is None):
+            raise ValueError("media needs exactly one of id (uploaded) or link (https)")
+        if self.caption and self.kind in ("audio", "sticker"):
+            raise ValueError(f"{self.kind} messages take no caption")
+        if self.filename and self.kind != "document":
+            raise ValueError("only documents take a filename")
+        return self
+
+    def content(self) -> dict[str, Any]:
+        media = {k: v for k, v in (("id", self.id), ("link", self.link), ("caption", self.caption),
+                                   ("filename", self.filename)) if v is not None}
+        return {"type": self.kind, self.kind: media}
+
+    @property
+    def text(self) -> str | None:
+        return self.caption
+
+
+class Button(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str = Field(min_length=1, max_length=256)
+    title: str = Field(min_length=1, max_length=20)
+
+
+class Buttons(_Kind):
+    kind: Literal["buttons"] = "buttons"
+    body: str = Field(min_length=1, max_length=1024)
+    buttons: list[Button] = Field(min_length=1, max_length=3)
+    header: str | None = Field(default=None, max_length=60)
+    footer: str | None = Field(default=None, max_length=60)
+
+    @field_validator("buttons")
+    @classmethod
+    def _unique_titles(cls, value: list[Button]) -> list[Button]:
+        if len({b.title for b in value}) != len(value):
+            raise ValueError("button titles must be unique")
+        return value
+
+    def content(self) -> dict[str, Any]:
+        interactive: dict[str, Any] = {"type": "button", "body": {"text": self.body}, "action": {
+            "buttons": [{"type": "reply", "reply": {"id": b.id, "title": b.title}} for b in self.buttons]}}
+        _header_footer(interactive, self.header, self.footer)
+        return {"type": "interactive", "interactive": interactive}
+
+    @property
+    def text(self) -> str:
+        return self.body
+
+
+class Row(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str = Field(min_length=1, max_length=200)
+    title: str = Field(min_length=1, max_length=24)
+    description: str | None = Field(default=None, max_length=72)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    title: str | None = Field(default=None, max_length=24)
+    rows: list[Row] = Field(min_length=1)
+
+
+class List(_Kind):
+    kind: Literal["list"] = "list"
+    body: str = Field(min_length=1, max_length=1024)
+    button: str = Field(min_length=1, max_length=20)
+    sections: list[Section] = Field(min_length=1, max_length=10)
+    header: str | None = Field(default=None, max_length=60)
+    footer: str | None = Field(default=None, max_length=60)
+
+    @field_validator("sections")
+    @classmethod
+    def _ten_rows_in_all(cls, value: list[Section]) -> list[Section]:
+        if sum(len(s.rows) for s in value) > 10:
+            raise ValueError("a list holds at most 10 rows in all")
+        if len(value) > 1 and any(not s.title for s in value):
+            raise ValueError("with several sections, each needs a title")
+        return value
+
+    def content(self) -> dict[str, Any]:
+        sections = [{**({"title": s.title} if s.title else {}),
+                     "rows": [r.model_dump(exclude_none=True) for r in s.rows]} for s in self.sections]
+        interactive: dict[str, Any] = {"type": "list", "body": {"text": self.body},
+                                       "action": {"button": self.button, "sections": sections}}
+        _header_footer(interactive, self.header, self.footer)
+        return {"type": "interactive", "interactive": interactive}
+
+    @property
+    def text(self) -> str:
+        return self.body
+
+
+class Read(_Kind):
+    """Mark a received message (and the ones before it) as read, optionally with a typing indicator."""
+
+    kind: Literal["read"] = "read"
+    message_id: str = Field(min_length=1)
+    typing: bool = False
+
+    @model_validator(mode="after")
+    def _no_quote(self) -> "Read":
+        if self.reply_to:
+            raise ValueError("a read receipt cannot quote a message")
+        return self
+
+
+def _header_footer(interactive: dict[str, Any], header: str | None, footer: str | None) -> None:
+    if header:
+        interactive["header"] = {"type": "text", "text": header}
+    if footer:
+        interactive["footer"] = {"text": footer}
+
+
+Message = Annotated[Union[Text, Template, Media, Buttons, List, Read], Field(discriminator="kind")]
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(Message)
+
+
+class InvalidCommand(ValueError):
+    """A command Meta would refuse for its shape; the message names the fields."""
+
+
+def parse(doc: dict[str, Any]) -> Text | Template | Media | Buttons | List | Read:
+    """Validate a command's message part (``{"kind": ..., ...}``)."""
+    try:
+        return _ADAPTER.validate_python(doc)
+    except ValidationError as exc:
+        reasons = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'message'}: {e['msg']}"
+                            for e in exc.errors(include_input=False))
+        raise InvalidCommand(reasons) from None
+
+
+def request_body(message: Any, recipient: str) -> dict[str, Any]:
+    """Meta's request body for ``message`` to ``recipient`` (without waflow's callback data)."""
+    if isinstance(message, Read):
+        body: dict[str, Any] = {"messaging_product": "whatsapp", "status": "read", "message_id": message.message_id}
+        if message.typing:
+            body["typing_indicator"] = {"type": "text"}
+        return body
+    body = {"messaging_product": "whatsapp", "recipient_type": "individual",
+            ("recipient" if is_user_id(recipient) else "to"): recipient, **message.content()}
+    if message.reply_to:
+        body["context"] = {"message_id": message.reply_to}
+    return body

@@ -1,0 +1,358 @@
+"""Outbound stage: consumes ``wa.outgoing.command`` (replies) and ``wa.outgoing.broadcast`` (bulk).
+
+A command (``command()``) stores one message to send in ``outbound_messages``
+under an idempotency key, then its send task is queued on its lane's queue.
+The send task carries ``rate_limit="80/s"`` (the design card's); the worker's
+consumer (``waflow.consumer``) turns that into one limit for the phone number
+across every worker, shared through ``waflow.limiter``, replies ahead of
+broadcasts. The task then:
+
+1. **claims** the message: nothing to do if it is settled; ``in_doubt`` if it
+   was found ``sending`` (a crash during a call: Meta takes no idempotency key,
+   so it is never sent again automatically); parked behind an earlier message
+   to the same recipient that is still on its way (that one's outcome sends it
+   on, so a recipient's messages leave in the order they were commanded);
+   refused outside the 24-hour customer-service window unless a template or a
+   read receipt; put off while the recipient's pair pacing says wait;
+   otherwise marked ``sending``;
+2. sends at its slot (``POST /{phone_number_id}/messages``, with our id in
+   ``biz_opaque_callback_data`` so status webhooks can settle a doubt);
+3. **settles** Meta's answer by class (``waflow.whatsapp``): accepted (with its
+   row in ``messages``, where status webhooks move it), failed with Meta's code,
+   put back without spending a retry (130429 pauses the number; 131056 waits
+   4^X s for that recipient; 131057 waits 60 s), retried by the retry policy
+   (transient), or left in doubt (no answer came back).
+
+Design: ``../shared/seed/event-bus-async-workflow.en.md`` section 3.2.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import sqlalchemy as sa
+
+from waflow import compose, dlq, limiter, queues
+from waflow.config import settings
+from waflow.db import insert, transaction
+from waflow.events import ContactInfo
+from waflow.models import (STATUS_RANK, Contact, Conversation, Message, MessageStatus, OutboundMessage)
+from waflow.tasks import MAX_COUNTDOWN, TransientError, stage_task
+from waflow.whatsapp import Answer, Client, Outcome
+
+logger = logging.getLogger(__name__)
+
+LANES = {"reply": queues.OUTGOING_COMMAND, "broadcast": queues.OUTGOING_BROADCAST}
+OUTBOUND = OutboundMessage.__table__
+# Status webhooks echo this with our id, so a send in doubt can be settled from them.
+CALLBACK_PREFIX = "waflow:"
+WINDOW = timedelta(hours=24)
+# 130429: Meta counts in 1-s windows; one window's pause lets it clear.
+THROUGHPUT_PAUSE = 1.0
+# 131057: maintenance (e.g. a throughput upgrade) lasts up to a minute.
+MAINTENANCE_WAIT = 60.0
+# 131056: Meta's advice, 4^X seconds after the X-th refusal (1, 4, 16, 64 s), capped.
+PAIR_WAIT_CAP = min(64.0, MAX_COUNTDOWN)
+# A message that cannot go yet (pair pacing) is looked at again no sooner than this.
+MIN_DEFER = 0.5
+
+
+# --- commands --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Queued:
+    """What the send task needs to be queued for one message."""
+
+    id: int
+    lane: str
+    phone_number_id: str
+    broadcast_id: int | None = None
+
+
+def command(conn: sa.Connection, *, key: str, recipient: str, message: Any, lane: str = "reply",
+            phone_number_id: str | None = None, broadcast_id: int | None = None) -> tuple[Queued, bool]:
+    """Store a message to send under ``key``; return it and whether it is new (False: the same
+    key was commanded before, and nothing changes). Queue it with ``enqueue`` after the commit."""
+    if lane not in LANES:
+        raise ValueError(f"lane must be one of {', '.join(LANES)}")
+    if isinstance(message, dict):
+        message = compose.parse(message)
+    number = phone_number_id or settings.phone_number_id
+    now = datetime.now(timezone.utc)
+    new_id = conn.execute(insert(conn.dialect.name, OutboundMessage).values(
+        idempotency_key=key, phone_number_id=number, recipient=recipient, lane=lane, kind=message.kind,
+        payload=compose.request_body(message, recipient), text=message.text, broadcast_id=broadcast_id,
+        status="queued",
+        created_at=now, updated_at=now,
+    ).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(OutboundMessage.id)).scalar()
+    if new_id is not None:
+        return Queued(new_id, lane, number, broadcast_id), True
+    row = conn.execute(sa.select(OutboundMessage.id, OutboundMessage.lane, OutboundMessage.phone_number_id,
+                                 OutboundMessage.broadcast_id).where(OutboundMessage.idempotency_key == key)).one()
+    return Queued(row.id, row.lane, row.phone_number_id, row.broadcast_id), False
+
+
+def enqueue(messages: list[Queued], countdown: float | None = None, retries: int = 0) -> None:
+    """Queue the send task of each message on its lane, with what the paced consumer reads."""
+    for m in messages:
+        headers = {"lane": m.lane, "phone_number_id": m.phone_number_id}
+        if m.broadcast_id is not None:
+            headers["broadcast_id"] = str(m.broadcast_id)
+        send_message.apply_async((m.id,), queue=LANES[m.lane], headers=headers, countdown=countdown,
+                                 retries=retries)
+
+
+# --- claiming --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Claimed:
+    id: int
+    phone_number_id: str
+    recipient: str
+    body: dict[str, Any]
+    pair_attempts: int
+
+
+@dataclass
+class Skip:
+    reason: str
+    following: list[Queued] = field(default_factory=list)
+
+
+@dataclass
+class Defer:
+    seconds: float
+
+
+def _following(conn: sa.Connection, row: Any) -> list[Queued]:
+    """The next message to the same recipient, if its task parked waiting for this one: unpark it."""
+    nxt = conn.execute(sa.select(OutboundMessage.id, OutboundMessage.lane, OutboundMessage.parked,
+                                 OutboundMessage.broadcast_id)
+                       .where(OutboundMessage.phone_number_id == row.phone_number_id,
+                              OutboundMessage.recipient == row.recipient, OutboundMessage.id > row.id,
+                              OutboundMessage.status == "queued")
+                       .order_by(OutboundMessage.id).limit(1)).first()
+    if nxt is None or not nxt.parked:
+        return []
+    conn.execute(sa.update(OutboundMessage).where(OutboundMessage.id == nxt.id).values(parked=False))
+    return [Queued(nxt.id, nxt.lane, row.phone_number_id, nxt.broadcast_id)]
+
+
+def _set(conn: sa.Connection, outbound_id: int, **values: Any) -> None:
+    conn.execute(sa.update(OutboundMessage).where(OutboundMessage.id == outbound_id)
+                 .values(updated_at=datetime.now(timezone.utc), **values))
+
+
+def window_open(conn: sa.Connection, phone_number_id: str, recipient: str, now: datetime) -> bool:
+    """True if the recipient wrote to this number in the last 24 hours."""
+    who = Contact.user_id == recipient if compose.is_user_id(recipient) else Contact.wa_id == recipient.lstrip("+")
+    last = conn.execute(sa.select(sa.func.max(Conversation.last_inbound_at)).join(
+        Contact, Contact.id == Conversation.contact_id).where(who, Conversation.phone_number_id == phone_number_id)
+    ).scalar()
+    if last is None:
+        return False
+    if last.tzinfo is None:  # SQLite hands back naive UTC
+        last = last.replace(tzinfo=timezone.utc)
+    return now - last < WINDOW
+
+
+def claim(conn: sa.Connection, outbound_id: int, store: limiter.Store) -> Claimed | Skip | Defer:
+    """Decide whether this message goes now; mark it ``sending`` if so."""
+    row = conn.execute(sa.select(OUTBOUND).where(OUTBOUND.c.id == outbound_id).with_for_update()).first()
+    if row is None:
+        return Skip("no such message")
+    if row.status == "sending":
+        # The last attempt died during its call to Meta: the outcome is unknown.
+        _set(conn, row.id, status="in_doubt", error_title="the sender stopped during its call to Meta")
+        logger.warning("send_message: outbound %s was mid-call when its worker stopped: in doubt", row.id)
+        return Skip("in doubt", _following(conn, row))
+    if row.status != "queued":
+        return Skip(f"already {row.status}", _following(conn, row))
+    if row.kind != "read":
+        # Locks the earlier message (FOR SHARE) so its outcome cannot slip past unseen: it either
+        # settled before this read, or its settling waits for this transaction and then sees `parked`.
+        earlier = conn.execute(sa.select(OutboundMessage.id).where(
+            OutboundMessage.phone_number_id == row.phone_number_id, OutboundMessage.recipient == row.recipient,
+            OutboundMessage.id < row.id, OutboundMessage.status.in_(("queued", "sending")),
+        ).order_by(OutboundMessage.id).limit(1).with_for_update(read=True)).scalar()
+        if earlier is not None:
+            _set(conn, row.id, parked=True)
+            return Skip(f"waiting for outbound {earlier} to the same recipient")
+    now = datetime.now(timezone.utc)
+    if row.kind not in ("template", "read") and not window_open(conn, row.phone_number_id, row.recipient, now):
+        _set(conn, row.id, status="failed", error_code=131047,
+             error_title="Re-engagement message: refused before sending",
+             error_details="the recipient's last message is older than 24 hours (or there is none); "
+                           "only a template can open the conversation")
+        return Skip("outside the 24-hour window", _following(conn, row))
+    if row.kind != "read":
+        wait = store.pair_reserve(row.phone_number_id, row.recipient)
+        if wait > 0:
+            return Defer(max(MIN_DEFER, wait))
+    _set(conn, row.id, status="sending", attempts=OutboundMessage.attempts + 1)
+    body = dict(row.payload)
+    if row.kind != "read":
+        body["biz_opaque_callback_data"] = f"{CALLBACK_PREFIX}{row.id}"
+    return Claimed(row.id, row.phone_number_id, row.recipient, body, row.pair_attempts)
+
+
+# --- settling --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Settled:
+    status: str
+    following: list[Queued] = field(default_factory=list)
+    again_in: float | None = None  # put back, without spending a retry, after this many seconds
+    pause_number: float | None = None  # no send for the number during this many seconds
+    retry: bool = False  # a transient failure: the retry policy takes it from here
+
+
+def settle(conn: sa.Connection, claimed: Claimed, answer: Answer, *, last_attempt: bool) -> Settled:
+    """Record Meta's answer and say what happens next."""
+    row = conn.execute(sa.select(OUTBOUND).where(OUTBOUND.c.id == claimed.id)).one()
+    error = {"error_code": answer.code, "error_title": answer.title, "error_details": answer.details}
+    outcome = answer.outcome
+    if outcome is Outcome.ACCEPTED:
+        accept(conn, row, answer.wamid, answer.wa_id)
+        return Settled("accepted", _following(conn, row))
+    if outcome is Outcome.UNKNOWN_OUTCOME:
+        _set(conn, row.id, status="in_doubt", **error)
+        return Settled("in_doubt", _following(conn, row))
+    if outcome is Outcome.PERMANENT or (outcome is Outcome.TRANSIENT and last_attempt):
+        _set(conn, row.id, status="failed", **error)
+        return Settled("failed", _following(conn, row), retry=outcome is Outcome.TRANSIENT)
+    _set(conn, row.id, status="queued", **error)
+    if outcome is Outcome.THROUGHPUT:
+        return Settled("queued", again_in=0.0, pause_number=THROUGHPUT_PAUSE)
+    if outcome is Outcome.MAINTENANCE:
+        return Settled("queued", again_in=MAINTENANCE_WAIT, pause_number=MAINTENANCE_WAIT)
+    if outcome is Outcome.PAIR:
+        _set(conn, row.id, pair_attempts=OutboundMessage.pair_attempts + 1)
+        return Settled("queued", again_in=min(PAIR_WAIT_CAP, 4.0 ** claimed.pair_attempts))
+    return Settled("queued", retry=True)
+
+
+def _recipient_contact(conn: sa.Connection, recipient: str, wa_id: str | None) -> int:
+    from waflow.core import upsert_contact
+
+    if compose.is_user_id(recipient):
+        return upsert_contact(conn, ContactInfo(user_id=recipient))
+    return upsert_contact(conn, ContactInfo(wa_id=wa_id or recipient.lstrip("+")))
+
+
+def accept(conn: sa.Connection, row: Any, wamid: str | None, wa_id: str | None) -> None:
+    """Mark an outbound message accepted; give it its row in ``messages`` with the furthest status
+    already received for it (status webhooks can arrive before the send is recorded)."""
+    from waflow.core import upsert_conversation
+
+    now = datetime.now(timezone.utc)
+    _set(conn, row.id, status="accepted", wamid=wamid, accepted_at=now, error_code=None, error_title=None,
+         error_details=None)
+    if not wamid:  # a read receipt: nothing to show in the conversation
+        return
+    contact_id = _recipient_contact(conn, row.recipient, wa_id)
+    conversation_id = upsert_conversation(conn, contact_id, row.phone_number_id, None, None)
+    conn.execute(insert(conn.dialect.name, Message).values(
+        wamid=wamid, conversation_id=conversation_id, contact_id=contact_id, phone_number_id=row.phone_number_id,
+        direction="outbound", type=row.payload.get("type", row.kind), body=row.text, sent_at=now,
+        content={"outbound_id": row.id, "request": row.payload},
+        context_wamid=(row.payload.get("context") or {}).get("message_id"),
+    ).on_conflict_do_nothing(index_elements=["wamid"]))
+    fold_statuses(conn, wamid)
+
+
+def fold_statuses(conn: sa.Connection, wamid: str) -> None:
+    """Apply the furthest status already kept for ``wamid`` to its message."""
+    rows = conn.execute(sa.select(MessageStatus.status, MessageStatus.timestamp)
+                        .where(MessageStatus.wamid == wamid)).all()
+    ranked = [r for r in rows if r.status in STATUS_RANK]
+    if ranked:
+        best = max(ranked, key=lambda r: STATUS_RANK[r.status])
+        conn.execute(sa.update(Message).where(Message.wamid == wamid).values(status=best.status,
+                                                                             status_at=best.timestamp))
+
+
+def reconcile(conn: sa.Connection, callback_data: str | None, wamid: str) -> list[Queued]:
+    """A status webhook names one of our sends: if that send is in doubt (or its acceptance not yet
+    recorded), Meta did accept it. Returns the messages this sends on."""
+    if not callback_data or not callback_data.startswith(CALLBACK_PREFIX):
+        return []
+    try:
+        outbound_id = int(callback_data[len(CALLBACK_PREFIX):])
+    except ValueError:
+        return []
+    row = conn.execute(sa.select(OUTBOUND).where(OUTBOUND.c.id == outbound_id).with_for_update()).first()
+    if row is None or row.status not in ("sending", "in_doubt") or row.wamid:
+        return []
+    logger.info("reconcile: outbound %s settled as accepted by a status webhook (%s)", row.id, wamid)
+    accept(conn, row, wamid, None)
+    return _following(conn, row) if row.status == "sending" else []
+
+
+def reopen(conn: sa.Connection, args: list[Any], _kwargs: dict[str, Any]) -> None:
+    """Before a dead-lettered send is replayed: a message that failed is queued again."""
+    _set(conn, int(args[0]), status="queued", parked=False)
+
+
+dlq.REPLAY_HOOKS["waflow.outbound.send_message"] = reopen
+
+
+# --- the task --------------------------------------------------------------------------------------------------
+
+_client: Client | None = None
+
+
+def client() -> Client:
+    global _client
+    if _client is None:
+        _client = Client(settings.whatsapp_api_url, settings.access_token)
+    return _client
+
+
+def deliver(outbound_id: int, request: Any, retries: int, max_retries: int) -> str:
+    """Claim, send at the slot, settle: one attempt at one message. Returns where it stands."""
+    store = limiter.default_store()
+    with transaction() as conn:
+        step = claim(conn, outbound_id, store)
+    if isinstance(step, Defer):
+        _again(request, outbound_id, step.seconds, retries)
+        return "deferred"
+    if isinstance(step, Skip):
+        enqueue(step.following)
+        return step.reason
+    limiter.wait_for_slot(request)
+    answer = client().send(step.phone_number_id, step.body)
+    with transaction() as conn:
+        settled = settle(conn, step, answer, last_attempt=retries >= max_retries)
+    if settled.pause_number:
+        store.pause(step.phone_number_id, settled.pause_number)
+    if settled.again_in is not None:
+        _again(request, outbound_id, settled.again_in, retries)
+    enqueue(settled.following)
+    if settled.retry:
+        raise TransientError(f"outbound {outbound_id}: {answer.reason}")
+    logger.log(logging.WARNING if settled.status != "accepted" else logging.DEBUG,
+               "send_message: outbound %s %s (%s)", outbound_id, settled.status, answer.reason)
+    return settled.status
+
+
+def _again(request: Any, outbound_id: int, seconds: float, retries: int) -> None:
+    """Put the message back on its lane after ``seconds``, keeping its retry count."""
+    headers = dict(request.headers or {}) if request is not None else {}
+    lane = headers.get("lane", "reply")
+    queued = Queued(outbound_id, lane if lane in LANES else "reply",
+                    headers.get("phone_number_id") or settings.phone_number_id,
+                    int(headers["broadcast_id"]) if headers.get("broadcast_id") else None)
+    enqueue([queued], countdown=min(MAX_COUNTDOWN, seconds) or None, retries=retries)
+
+
+@stage_task(name="waflow.outbound.send_message", queue=queues.OUTGOING_COMMAND, rate_limit="80/s")
+def send_message(outbound_id: int) -> str:
+    """Send one outbound message to Meta, at most once."""
+    request = send_message.request
+    return deliver(outbound_id, request, request.retries or 0, send_message.max_retries)
