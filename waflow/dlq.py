@@ -272,6 +272,8 @@ class NotReplayable(ValueError):
 def replay(conn: sa.Connection, dead_letter: Any, by: str) -> str:
     """Send a dead letter's task back to its original queue with a fresh retry budget; record
     the replay; return the new task id. The caller commits."""
+    if dead_letter.task and dead_letter.task not in celery_app.tasks:
+        celery_app.loader.import_default_modules()  # a command-line process has not loaded the stages yet
     if not dead_letter.task or dead_letter.task not in celery_app.tasks or dead_letter.args is None:
         raise NotReplayable(f"dead letter {dead_letter.id} names no waflow task to replay")
     if dead_letter.queue not in queues.WORK_QUEUES:
