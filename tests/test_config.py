@@ -108,6 +108,6 @@ def test_the_readme_documents_every_variable():
 
 
 def test_no_module_but_config_reads_the_environment():
-    offenders = [p.name for p in (ROOT / "waflow").glob("*.py")
+    offenders = [p.name for p in (ROOT / "waflow").rglob("*.py")
                  if p.name != "config.py" and re.search(r"os\.environ|os\.getenv", p.read_text())]
     assert offenders == []

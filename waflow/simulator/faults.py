@@ -1,0 +1,95 @@
+"""Forced outcomes for the next matching sends, queued by ``POST /_sim/faults`` and used FIFO.
+
+A fault is one of: an error ``code`` (Meta's body, with the code's HTTP status or an explicit
+``status``), a body-less HTTP ``status`` (e.g. a proxy's 502), ``drop`` (close the connection
+without an answer), or only a ``delay`` (answer normally, late: the send is accepted and recorded,
+which is what makes a client's read timeout ambiguous). ``delay`` also combines with the others.
+A fault applies to message sends (``"on": "send"``, the default) or to mark-as-read requests
+(``"on": "read"``), optionally only for one recipient (``to``), ``count`` times.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class Fault:
+    code: int | None = None
+    status: int | None = None
+    details: str | None = None
+    delay: float = 0.0
+    drop: bool = False
+    to: str | None = None
+    on: str = "send"
+    count: int = 1
+
+    @classmethod
+    def parse(cls, doc: Any) -> "Fault":
+        """A fault from its JSON; ValueError says what is wrong."""
+        if not isinstance(doc, dict):
+            raise ValueError("a fault must be a JSON object")
+        unknown = set(doc) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown fault fields: {', '.join(sorted(unknown))}")
+        fault = cls(**doc)
+        fault._validate()
+        if fault.to is not None:
+            fault.to = fault.to if "." in fault.to else re.sub(r"[^0-9]", "", fault.to)
+        return fault
+
+    def _validate(self) -> None:
+        if self.code is None and self.status is None and not self.drop and not self.delay:
+            raise ValueError("a fault needs a code, a status, drop or a delay")
+        if self.code is not None and (not isinstance(self.code, int) or isinstance(self.code, bool)):
+            raise ValueError("code must be a whole number")
+        if self.status is not None and not (isinstance(self.status, int) and 200 <= self.status <= 599):
+            raise ValueError("status must be an HTTP status (200-599)")
+        if not isinstance(self.delay, (int, float)) or not 0 <= self.delay <= 300:
+            raise ValueError("delay must be 0 to 300 seconds")
+        if not isinstance(self.count, int) or not 1 <= self.count <= 100_000:
+            raise ValueError("count must be 1 to 100000")
+        if self.on not in ("send", "read"):
+            raise ValueError('on must be "send" or "read"')
+        if self.to is not None and not isinstance(self.to, str):
+            raise ValueError("to must be a string")
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class FaultQueue:
+    """Pending faults in arrival order; ``take`` uses the first one matching a request."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._faults: list[Fault] = []
+        self.used = 0
+
+    def add(self, faults: list[Fault]) -> None:
+        with self._lock:
+            self._faults.extend(faults)
+
+    def take(self, key: str | None, on: str) -> Fault | None:
+        if not self._faults:  # the common case, without the lock: a benchmark queues none
+            return None
+        with self._lock:
+            for i, fault in enumerate(self._faults):
+                if fault.on == on and fault.to in (None, key):
+                    fault.count -= 1
+                    if fault.count == 0:
+                        del self._faults[i]
+                    self.used += 1
+                    return fault
+        return None
+
+    def pending(self) -> list[Fault]:
+        with self._lock:
+            return list(self._faults)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+            self.used = 0
