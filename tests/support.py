@@ -238,3 +238,55 @@ class Stack:
             except ProcessLookupError:
                 pass
             proc.wait(5)
+
+
+class SimulatorProcess:
+    """``python -m waflow.simulator`` in a subprocess on a free port, with its control endpoints."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, log_dir: str | None = None) -> None:
+        import tempfile
+
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.api_url = f"{self.base}/v25.0"
+        log = Path(log_dir or tempfile.mkdtemp(prefix="waflow-sim-")) / "simulator.log"
+        self.log = log
+        with open(log, "w") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "waflow.simulator", "--port", str(self.port), *args],
+                                         cwd=ROOT, env=env or dict(os.environ), stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start(self) -> "SimulatorProcess":
+        import requests
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the simulator exited\n{self.log.read_text()[-3000:]}")
+            try:
+                return requests.get(f"{self.base}/_sim/health", timeout=1).ok
+            except requests.ConnectionError:
+                return False
+
+        wait_for(up, 30, what="the Meta simulator")
+        return self
+
+    def control(self, method: str, path: str, body: Any = None) -> Any:
+        import requests
+
+        response = requests.request(method, f"{self.base}/_sim/{path}", json=body, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def sends(self, **params: Any) -> list[dict[str, Any]]:
+        import requests
+
+        return requests.get(f"{self.base}/_sim/sends", params={"limit": 100000, **params}, timeout=30).json()["sends"]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)

@@ -70,7 +70,7 @@ def test_each_consumed_queue_has_exactly_one_worker_line(procfile):
 
 
 def test_the_send_task_carries_the_design_cards_rate_limit_and_the_workers_pace_it():
-    assert app.tasks["waflow.outbound.send_message"].rate_limit == "80/s"
+    assert app.tasks["waflow.outbound.send_message"].rate_limit == "80/s"  # WHATSAPP_SEND_RATE's default
     assert app.conf.worker_consumer == "waflow.consumer:PacedConsumer"
 
 

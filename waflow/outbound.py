@@ -351,7 +351,9 @@ def _again(request: Any, outbound_id: int, seconds: float, retries: int) -> None
     enqueue([queued], countdown=min(MAX_COUNTDOWN, seconds) or None, retries=retries)
 
 
-@stage_task(name="waflow.outbound.send_message", queue=queues.OUTGOING_COMMAND, rate_limit="80/s")
+# The design card's rate_limit="80/s" (WHATSAPP_SEND_RATE's default): the paced consumer makes it the
+# number's limit across every worker, and a rate stored with `flask --app wsgi send-rate` overrides it.
+@stage_task(name="waflow.outbound.send_message", queue=queues.OUTGOING_COMMAND, rate_limit=f"{settings.send_rate}/s")
 def send_message(outbound_id: int) -> str:
     """Send one outbound message to Meta, at most once."""
     request = send_message.request

@@ -1,0 +1,380 @@
+"""The outbound stage against the Meta simulator (a real HTTP server in a subprocess).
+
+The stage's plain functions run in-process on SQLite and PostgreSQL; its Graph
+client talks to the simulator, which answers with Meta's shapes and codes and
+takes injected faults, so every class of answer is produced for real. What the
+stage would queue is recorded instead of published (the paced consumer and
+real workers are tested in test_consumer.py and test_sender.py).
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
+
+import pytest
+import sqlalchemy as sa
+
+from support import SimulatorProcess, free_port, orm
+from waflow import compose, limiter, outbound, whatsapp
+from waflow.config import settings
+from waflow.core import upsert_contact, upsert_conversation
+from waflow.db import transaction
+from waflow.events import ContactInfo
+from waflow.models import Message, MessageStatus, OutboundMessage
+from waflow.tasks import TransientError
+
+NUMBER = settings.phone_number_id
+
+
+@pytest.fixture(scope="module")
+def meta():
+    sim = SimulatorProcess("--no-status-webhooks", "--open-windows", "--pair-burst", "1000").start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def stage(meta, db_url, monkeypatch, tmp_path):
+    """The outbound stage wired to the test database, the simulator and a fresh limiter store."""
+    meta.control("POST", "reset")
+    monkeypatch.setattr(outbound, "transaction", lambda: transaction(db_url))
+    monkeypatch.setattr(outbound, "_client", whatsapp.Client(meta.api_url, settings.access_token))
+    store = limiter.FileStore(tmp_path / "limiter", settings.send_rate)
+    monkeypatch.setattr(limiter, "default_store", lambda: store)
+    queued: list[tuple[tuple, dict]] = []
+    monkeypatch.setattr(outbound.send_message, "apply_async", lambda args, **kw: queued.append((args, kw)))
+    return SimpleNamespace(db=db_url, store=store, queued=queued, meta=meta)
+
+
+def wrote_recently(db: str, wa_id: str, hours_ago: float = 1) -> None:
+    """The client sent us a message ``hours_ago``: their 24-hour window is open (or not)."""
+    with transaction(db) as conn:
+        contact = upsert_contact(conn, ContactInfo(wa_id=wa_id))
+        upsert_conversation(conn, contact, NUMBER, None, datetime.now(timezone.utc) - timedelta(hours=hours_ago))
+
+
+def command(db: str, recipient: str, message: dict, key: str | None = None, lane: str = "reply") -> int:
+    with transaction(db) as conn:
+        queued, _ = outbound.command(conn, key=key or f"test:{recipient}:{message}", recipient=recipient,
+                                     message=message, lane=lane)
+    return queued.id
+
+
+def row(db: str, outbound_id: int) -> OutboundMessage:
+    with orm(db) as session:
+        return session.get(OutboundMessage, outbound_id)
+
+
+def send(outbound_id: int, retries: int = 0) -> str:
+    return outbound.deliver(outbound_id, None, retries, 3)
+
+
+def fault(stage, **spec) -> None:
+    stage.meta.control("POST", "faults", spec)
+
+
+# --- the happy path and idempotency ------------------------------------------------------------------------------
+
+
+def test_a_reply_is_sent_once_with_our_id_and_recorded_with_its_wamid(stage):
+    wrote_recently(stage.db, "15550001001")
+    oid = command(stage.db, "15550001001", {"kind": "text", "body": "We received your documents."})
+    assert send(oid) == "accepted"
+    [sent] = stage.meta.sends(to="15550001001")
+    assert sent["body"]["text"]["body"] == "We received your documents."
+    assert sent["biz_opaque_callback_data"] == f"waflow:{oid}"
+    accepted = row(stage.db, oid)
+    assert (accepted.status, accepted.wamid, accepted.attempts) == ("accepted", sent["wamid"], 1)
+    with orm(stage.db) as session:
+        message = session.scalars(sa.select(Message).where(Message.wamid == sent["wamid"])).one()
+    assert (message.direction, message.body, message.type) == ("outbound", "We received your documents.", "text")
+
+
+def test_a_command_given_twice_under_one_key_is_stored_and_sent_once(stage):
+    wrote_recently(stage.db, "15550001002")
+    first = command(stage.db, "15550001002", {"kind": "text", "body": "Hello"}, key="draft:17")
+    again = command(stage.db, "15550001002", {"kind": "text", "body": "Hello (edited)"}, key="draft:17")
+    assert first == again
+    send(first)
+    send(again)
+    assert len(stage.meta.sends(to="15550001002")) == 1
+
+
+def test_a_redelivered_send_that_meta_accepted_is_not_sent_again(stage):
+    wrote_recently(stage.db, "15550001003")
+    oid = command(stage.db, "15550001003", {"kind": "text", "body": "Once"})
+    assert send(oid) == "accepted"
+    assert send(oid) == "already accepted"  # the broker handed the task out again
+    assert len(stage.meta.sends(to="15550001003")) == 1
+
+
+def test_a_send_found_mid_call_after_a_crash_is_left_in_doubt_and_never_resent(stage):
+    wrote_recently(stage.db, "15550001004")
+    oid = command(stage.db, "15550001004", {"kind": "text", "body": "Did this go?"})
+    with transaction(stage.db) as conn:  # the last attempt marked it sending, then its worker died
+        conn.execute(sa.update(OutboundMessage).where(OutboundMessage.id == oid).values(status="sending"))
+    assert send(oid) == "in doubt"
+    assert send(oid) == "already in_doubt"
+    assert stage.meta.sends(to="15550001004") == []
+    assert row(stage.db, oid).status == "in_doubt"
+
+
+def _status_event(wamid: str, status: str, callback: str | None, recipient: str):
+    from support import compact, text_webhook
+    from waflow.ingestor import split_webhook
+
+    doc = text_webhook([], statuses=[(wamid, status)], wa_id=recipient, phone_number_id=NUMBER)
+    if callback:
+        doc["entry"][0]["changes"][0]["value"]["statuses"][0]["biz_opaque_callback_data"] = callback
+    [event] = split_webhook(compact(doc), 1764000000.0).events
+    return event
+
+
+def test_a_status_webhook_settles_a_send_in_doubt_as_accepted_and_sends_the_next_on(stage):
+    from waflow.core import persist_event
+
+    wrote_recently(stage.db, "15550001005")
+    first = command(stage.db, "15550001005", {"kind": "text", "body": "first"})
+    second = command(stage.db, "15550001005", {"kind": "text", "body": "second"})
+    with transaction(stage.db) as conn:
+        conn.execute(sa.update(OutboundMessage).where(OutboundMessage.id == first).values(status="in_doubt"))
+    assert send(second) == "accepted"  # a message in doubt belongs to a person now: it holds nothing back
+    following: list = []
+    with transaction(stage.db) as conn:
+        persist_event(conn, _status_event("wamid.SETTLED", "delivered", f"waflow:{first}", "15550001005"), following)
+    settled = row(stage.db, first)
+    assert (settled.status, settled.wamid) == ("accepted", "wamid.SETTLED")
+    with orm(stage.db) as session:
+        assert session.scalars(sa.select(Message.status).where(Message.wamid == "wamid.SETTLED")).one() == "delivered"
+
+
+def test_statuses_that_arrived_before_the_send_was_recorded_are_folded_into_it(stage):
+    from waflow.core import persist_event
+
+    wrote_recently(stage.db, "15550001006")
+    oid = command(stage.db, "15550001006", {"kind": "text", "body": "fast"})
+    with transaction(stage.db) as conn:
+        claimed = outbound.claim(conn, oid, stage.store)
+    answer = outbound._client.send(claimed.phone_number_id, claimed.body)
+    # Meta's "read" overtakes our own record of the acceptance.
+    with transaction(stage.db) as conn:
+        persist_event(conn, _status_event(answer.wamid, "read", None, "15550001006"))
+    with transaction(stage.db) as conn:
+        outbound.settle(conn, claimed, answer, last_attempt=False)
+    with orm(stage.db) as session:
+        assert session.scalars(sa.select(Message.status).where(Message.wamid == answer.wamid)).one() == "read"
+
+
+# --- the 24-hour window ------------------------------------------------------------------------------------------
+
+
+def test_outside_the_24_hour_window_a_non_template_is_refused_before_calling_meta(stage):
+    wrote_recently(stage.db, "15550001007", hours_ago=25)
+    oid = command(stage.db, "15550001007", {"kind": "text", "body": "Are you there?"})
+    assert send(oid) == "outside the 24-hour window"
+    refused = row(stage.db, oid)
+    assert (refused.status, refused.error_code) == ("failed", 131047)
+    assert "24 hours" in refused.error_details
+    assert stage.meta.sends(to="15550001007") == []
+
+
+def test_outside_the_24_hour_window_a_template_goes(stage):
+    oid = command(stage.db, "15550001008", {"kind": "template", "name": "case_update", "parameters": ["2026-114"]})
+    assert send(oid) == "accepted"  # a stranger: no window at all
+    [sent] = stage.meta.sends(to="15550001008")
+    assert sent["body"]["template"]["components"][0]["parameters"] == [{"type": "text", "text": "2026-114"}]
+
+
+# --- Meta's answers, class by class ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [131026, 100, 131008, 131009, 190, 132000, 132001, 131050, 131051, 131047, 368])
+def test_a_permanent_error_fails_the_message_at_once_keeping_metas_code_and_text(stage, code):
+    recipient = f"1555100{code % 10000:04d}"
+    wrote_recently(stage.db, recipient)
+    oid = command(stage.db, recipient, {"kind": "text", "body": "x"})
+    fault(stage, code=code, details=f"detail for {code}")
+    assert send(oid) == "failed"  # no TransientError: the retry policy never sees it
+    failed = row(stage.db, oid)
+    assert (failed.status, failed.error_code) == ("failed", code)
+    assert failed.error_details == f"detail for {code}" and failed.error_title.startswith(f"(#{code})")
+    assert stage.queued == []
+
+
+@pytest.mark.parametrize("spec", [{"code": 131000}, {"code": 1}, {"code": 2}, {"code": 131016}, {"code": 133004},
+                                  {"code": 4}, {"code": 80007}, {"status": 502}], ids=str)
+def test_a_transient_error_is_handed_to_the_retry_policy_and_holds_the_message(stage, spec):
+    wrote_recently(stage.db, "15550002000")
+    oid = command(stage.db, "15550002000", {"kind": "text", "body": f"retry {spec}"})
+    fault(stage, **spec)
+    with pytest.raises(TransientError):
+        send(oid)
+    held = row(stage.db, oid)
+    assert held.status == "queued" and held.error_code == spec.get("code")
+    # The retry goes through (the fault was used up).
+    assert send(oid, retries=1) == "accepted"
+
+
+def test_a_transient_error_on_the_last_attempt_fails_the_message_for_the_dead_letter_queue(stage):
+    wrote_recently(stage.db, "15550002001")
+    oid = command(stage.db, "15550002001", {"kind": "text", "body": "last try"})
+    fault(stage, code=131000)
+    with pytest.raises(TransientError):
+        send(oid, retries=3)
+    assert (row(stage.db, oid).status, row(stage.db, oid).error_code) == ("failed", 131000)
+
+
+def test_a_refused_connection_is_transient(stage, monkeypatch):
+    monkeypatch.setattr(outbound, "_client", whatsapp.Client(f"http://127.0.0.1:{free_port()}/v25.0", "t"))
+    wrote_recently(stage.db, "15550002002")
+    oid = command(stage.db, "15550002002", {"kind": "text", "body": "nobody there"})
+    with pytest.raises(TransientError, match="network error"):
+        send(oid)
+    assert row(stage.db, oid).status == "queued"
+
+
+@pytest.mark.parametrize("spec", [{"delay": 2.0}, {"drop": True}], ids=["no-answer-in-time", "connection-dropped"])
+def test_a_send_whose_answer_never_came_is_left_in_doubt_not_retried(stage, monkeypatch, spec):
+    monkeypatch.setattr(whatsapp, "READ_TIMEOUT", 0.5)
+    wrote_recently(stage.db, "15550002003")
+    oid = command(stage.db, "15550002003", {"kind": "text", "body": "did it arrive?"})
+    fault(stage, **spec)
+    assert send(oid) == "in_doubt"
+    assert row(stage.db, oid).status == "in_doubt" and stage.queued == []
+
+
+def test_throughput_130429_pauses_the_number_and_puts_the_message_back_without_spending_a_retry(stage):
+    wrote_recently(stage.db, "15550002004")
+    oid = command(stage.db, "15550002004", {"kind": "text", "body": "too fast"})
+    fault(stage, code=130429)
+    assert send(oid, retries=2) == "queued"
+    [(args, options)] = stage.queued
+    assert args == (oid,) and options["retries"] == 2 and not options.get("countdown")
+    assert stage.store.status(NUMBER)["paused_until"] is not None
+    assert row(stage.db, oid).status == "queued"
+
+
+def test_pair_limit_131056_waits_four_to_the_x_seconds_for_that_recipient(stage):
+    wrote_recently(stage.db, "15550002005")
+    oid = command(stage.db, "15550002005", {"kind": "text", "body": "again"})
+    fault(stage, code=131056, count=2)
+    send(oid)
+    send(oid)
+    assert [kw["countdown"] for _, kw in stage.queued] == [pytest.approx(1.0), pytest.approx(4.0)]
+    assert [kw["retries"] for _, kw in stage.queued] == [0, 0]
+    assert row(stage.db, oid).pair_attempts == 2
+
+
+def test_maintenance_131057_waits_at_least_a_minute(stage):
+    wrote_recently(stage.db, "15550002006")
+    oid = command(stage.db, "15550002006", {"kind": "text", "body": "upgrade"})
+    fault(stage, code=131057)
+    send(oid)
+    [(_, options)] = stage.queued
+    assert options["countdown"] >= 60
+    assert stage.store.status(NUMBER)["paused_until"] is not None
+
+
+# --- order and pacing per recipient ------------------------------------------------------------------------------
+
+
+def test_a_recipients_messages_leave_in_the_order_they_were_commanded(stage):
+    wrote_recently(stage.db, "15550003001")
+    first = command(stage.db, "15550003001", {"kind": "text", "body": "one"})
+    second = command(stage.db, "15550003001", {"kind": "text", "body": "two"})
+    assert send(second).startswith("waiting for outbound")  # its task ran first: it parks
+    assert row(stage.db, second).parked
+    assert send(first) == "accepted"
+    [(args, options)] = stage.queued  # the first one's outcome sends the second on
+    assert args == (second,) and options["headers"]["lane"] == "reply"
+    assert send(second) == "accepted"
+    assert [s["body"]["text"]["body"] for s in stage.meta.sends(to="15550003001")] == ["one", "two"]
+
+
+def test_a_message_being_retried_holds_back_the_later_ones_to_that_recipient_only(stage):
+    wrote_recently(stage.db, "15550003002")
+    wrote_recently(stage.db, "15550003003")
+    first = command(stage.db, "15550003002", {"kind": "text", "body": "one"})
+    second = command(stage.db, "15550003002", {"kind": "text", "body": "two"})
+    other = command(stage.db, "15550003003", {"kind": "text", "body": "someone else"})
+    fault(stage, code=131000, to="15550003002")
+    with pytest.raises(TransientError):
+        send(first)
+    assert send(second).startswith("waiting for outbound")
+    assert send(other) == "accepted"
+    assert send(first, retries=1) == "accepted"
+    assert send(second) == "accepted"
+    assert [s["body"]["text"]["body"] for s in stage.meta.sends(to="15550003002")] == ["one", "two"]
+
+
+def test_pair_pacing_puts_off_a_recipients_burst_and_leaves_others_alone(stage):
+    wrote_recently(stage.db, "15550003004")
+    wrote_recently(stage.db, "15550003005")
+    ids = [command(stage.db, "15550003004", {"kind": "text", "body": f"m{i}"}) for i in range(7)]
+    outcomes = []
+    for oid in ids:
+        outcomes.append(send(oid))
+        for args, _ in list(stage.queued):  # deliver what each outcome sends on, as a worker would
+            stage.queued.clear()
+            outcomes.append(send(args[0]))
+    assert outcomes.count("deferred") >= 1  # the burst allowance (5) ran out
+    assert send(command(stage.db, "15550003005", {"kind": "text", "body": "not held"})) == "accepted"
+
+
+# --- kinds -------------------------------------------------------------------------------------------------------
+
+
+KINDS = [
+    {"kind": "text", "body": "See the attached note.", "reply_to": "wamid.CLIENT-Q"},
+    {"kind": "template", "name": "appointment_reminder", "parameters": ["Tuesday", "10:00"]},
+    {"kind": "image", "link": "https://example.org/map.png", "caption": "Our office"},
+    {"kind": "document", "id": "4490709327384033", "filename": "engagement-letter.pdf"},
+    {"kind": "buttons", "body": "Can you come on Tuesday?", "buttons": [{"id": "yes", "title": "Yes"},
+                                                                        {"id": "no", "title": "No"}]},
+    {"kind": "list", "body": "Choose a topic", "button": "Topics", "sections": [
+        {"title": "Family", "rows": [{"id": "divorce", "title": "Divorce"}, {"id": "custody", "title": "Custody"}]},
+        {"title": "Work", "rows": [{"id": "dismissal", "title": "Dismissal", "description": "Notice, severance"}]}]},
+]
+
+
+@pytest.mark.parametrize("message", KINDS, ids=[k["kind"] for k in KINDS])
+def test_each_message_kind_reaches_meta_in_its_documented_shape(stage, message):
+    wrote_recently(stage.db, "15550004000")
+    oid = command(stage.db, "15550004000", message)
+    assert send(oid) == "accepted", row(stage.db, oid).error_details
+    [sent] = stage.meta.sends(to="15550004000")
+    assert sent["body"] == {**compose.request_body(compose.parse(message), "15550004000"),
+                            "biz_opaque_callback_data": f"waflow:{oid}"}
+
+
+def test_a_read_receipt_marks_the_clients_message_read(stage):
+    oid = command(stage.db, "15550004001", {"kind": "read", "message_id": "wamid.CLIENT-1", "typing": True})
+    assert send(oid) == "accepted"
+    [read] = stage.meta.control("GET", "reads")["reads"]
+    assert read["message_id"] == "wamid.CLIENT-1"
+
+
+def test_a_business_scoped_user_id_is_sent_as_recipient(stage):
+    oid = command(stage.db, "US.13491208655302741918", {"kind": "template", "name": "hello_world"})
+    assert send(oid) == "accepted"
+    [sent] = stage.meta.sends(to="US.13491208655302741918")
+    assert "to" not in sent["body"] and sent["body"]["recipient"] == "US.13491208655302741918"
+
+
+def test_an_invalid_command_is_refused_before_anything_is_stored(stage):
+    with pytest.raises(compose.InvalidCommand, match="buttons: List should have at most 3 items"):
+        command(stage.db, "15550004002", {"kind": "buttons", "body": "b", "buttons": [
+            {"id": str(i), "title": f"t{i}"} for i in range(4)]})
+    with orm(stage.db) as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(OutboundMessage)) == 0
+
+
+def test_a_dead_lettered_send_replayed_is_queued_again(stage):
+    wrote_recently(stage.db, "15550004003")
+    oid = command(stage.db, "15550004003", {"kind": "text", "body": "after the outage"})
+    fault(stage, code=131000)
+    with pytest.raises(TransientError):
+        send(oid, retries=3)
+    with transaction(stage.db) as conn:
+        outbound.reopen(conn, [oid], {})
+    assert send(oid) == "accepted"

@@ -1,0 +1,303 @@
+"""The worker consumer that paces rate-limited tasks on the shared send limiter.
+
+Installed for every worker with ``worker_consumer = "waflow.consumer:PacedConsumer"``. Tasks
+without ``rate_limit`` are untouched. For a task with one (the send task's ``rate_limit="80/s"``)
+the worker's token bucket is replaced, because stock Celery fails a sender twice over
+(``../shared/reference/celery.md`` §1, measured on this stack):
+
+1. **Backlog collapse.** Each message added to a waiting bucket adds another timer entry, and
+   kombu's Hub fires at most ten due timers per loop turn and then sleeps a whole second. With
+   200 messages queued and ``40/s``, a stock worker (threads, -c 4) ran 16 tasks in its first
+   second and then 1.0 a second; this consumer runs 39/s (``tests/test_consumer.py``).
+2. **Per-worker limit.** Each worker process keeps its own bucket: N workers allow N times the
+   limit, 160/s at ``80/s`` with two, where Meta allows 80 per number. (Measured: two stock
+   workers at ``40/s`` ran 32 tasks in their first second, then exactly twice one worker's rate.)
+
+Here ``bucket_for_task`` returns a :class:`TaskPacer`: per business phone number (message header
+``phone_number_id``) a :class:`NumberBucket` of waiting requests, paced by ``waflow.limiter``
+(the slots of all workers on all hosts come from one store). The task's ``rate_limit`` is the
+number's rate unless one is stored for the number (``limiter.Store.set_rate``). Requests wait
+unacked in the worker's main process, as stock ones do, never in a pool slot:
+
+- **One pending timer per bucket**, due exactly when the next slot is ``LEAD`` away. The Hub's
+  one-second pause after ten due timers is switched off (:func:`_fire_due_timers_without_pause`).
+- **Lanes.** Header ``lane``: ``"broadcast"`` waits behind every ``"reply"`` (the default), so a
+  reply arriving behind a broadcast backlog goes with the next slot. FIFO within a lane.
+- **Cancelled broadcasts** (header ``broadcast_id``) go to the pool at once without a slot.
+- **The slot travels with the request.** A request goes to the pool up to ``LEAD`` before its slot,
+  with ``waflow_slot`` in its header dict; the task calls ``limiter.wait_for_slot(self.request)``
+  right before its POST.
+- **Store down**: logged once per outage, re-checked every second; nothing leaves without a slot.
+- On connection loss Celery calls ``clear_pending()`` (the broker redelivers what waited); ETA
+  messages enter the bucket once their ETA passes, as stock.
+
+Every rate-limited task on such a worker is paced per WhatsApp number: give a limit that is not
+about WhatsApp sends its own worker without this consumer.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from celery.utils.time import rate
+from celery.worker.consumer import Consumer
+from kombu.asynchronous import Hub
+
+from waflow import limiter
+
+logger = logging.getLogger(__name__)
+
+# Message headers the consumer reads (set by whoever publishes a send).
+LANE_HEADER = "lane"
+NUMBER_HEADER = "phone_number_id"
+BROADCAST_HEADER = "broadcast_id"
+REPLY, BROADCAST = "reply", "broadcast"
+LANES = (REPLY, BROADCAST)
+
+# A request goes to the pool this long before its slot, so the task's database work overlaps
+# the wait; it then sleeps the rest in wait_for_slot. A warm pool starts the task about 2.5 ms
+# after the release (threads and prefork alike, measured by tests/test_consumer.py), so 20 ms
+# leaves room for a few ms of database work while a pool slot idles at most 20 ms. At 80/s it
+# reserves at most two slots ahead; at 1000/s about twenty.
+LEAD = 0.020
+# A store that cannot be reached is asked again this often.
+RECHECK_WHEN_DOWN = 1.0
+# A bucket looks again at least this often, even during a long pause (Meta's 130429): a
+# broadcast cancelled meanwhile must not wait for the pause to end.
+MAX_RECHECK = 1.0
+# Never schedule a re-check sooner than this: a zero wait would spin the timer.
+MIN_RECHECK = 0.001
+
+
+def _fire_due_timers_without_pause(hub: Hub) -> None:
+    """Make the Hub poll at once, not after a second, when it stopped firing timers at its cap.
+
+    ``Hub.fire_timers`` fires at most ten due entries per loop turn and then answers "sleep
+    ``min_delay``" (1 s) even though more are due: 25 retries sharing a countdown hold a
+    bucket's 12 ms timer back by 2 s (measured). With ``min_delay=0`` the loop polls without
+    blocking and fires the rest; an empty timer still sleeps its second (``create_loop``).
+    """
+    hub.fire_timers = functools.partial(type(hub).fire_timers, hub, min_delay=0)
+
+
+class _Outage:
+    """Logs a store outage once when it starts and once when it ends."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def failed(self, exc: Exception, now: float) -> None:
+        if self.since is None:
+            self.since = now
+            logger.error("send limiter store unavailable (%s): rate-limited tasks wait, re-checking every %.0f s",
+                         exc, RECHECK_WHEN_DOWN)
+
+    def recovered(self, now: float) -> None:
+        if self.since is not None:
+            logger.warning("send limiter store back after %.1f s", now - self.since)
+            self.since = None
+
+
+@dataclass
+class Pacing:
+    """What every bucket of one consumer shares."""
+
+    store: limiter.Store
+    timer: Any
+    # Hands a request to the pool (Consumer._limit_move_to_pool).
+    move_to_pool: Callable[[Any], None]
+    default_phone_number_id: str
+    lead: float = LEAD
+    clock: Callable[[], float] = time.time
+    # The Hub runs timers and message handlers on one thread; timer2 (transports without an event
+    # loop) runs timers on its own.
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    outage: _Outage = field(default_factory=_Outage)
+
+
+class NumberBucket:
+    """Requests of one task for one phone number, waiting for slots, in two FIFO lanes."""
+
+    def __init__(self, phone_number_id: str) -> None:
+        self.phone_number_id = phone_number_id
+        self.lanes: dict[str, deque] = {lane: deque() for lane in LANES}
+        self.timer_entry: Any = None
+
+    def pending(self) -> int:
+        return sum(len(lane) for lane in self.lanes.values())
+
+    def popleft(self) -> Any:
+        """The next request: the reply lane's head before any broadcast."""
+        for lane in LANES:
+            if self.lanes[lane]:
+                return self.lanes[lane].popleft()
+        raise IndexError("bucket is empty")
+
+
+def _header(request: Any, name: str) -> Any:
+    return request.request_dict.get(name)
+
+
+class TaskPacer:
+    """What Celery holds as one task's token bucket: the task's buckets, one per phone number.
+
+    Always true (Celery tests ``if bucket:``), unlike a container.
+    """
+
+    def __init__(self, pacing: Pacing, task_name: str, default_rate: float) -> None:
+        self.pacing = pacing
+        self.task_name = task_name
+        # The task's rate_limit, per second: the number's rate unless one is stored for it.
+        self.default_rate = default_rate
+        self.buckets: dict[str, NumberBucket] = {}
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return f"<TaskPacer {self.task_name} {self.default_rate:g}/s, {self.pending()} waiting>"
+
+    def pending(self) -> int:
+        return sum(bucket.pending() for bucket in self.buckets.values())
+
+    def add(self, request: Any) -> None:
+        """Queue a request in its number's bucket and lane; release what the limiter allows now."""
+        number = str(_header(request, NUMBER_HEADER) or self.pacing.default_phone_number_id)
+        lane = BROADCAST if _header(request, LANE_HEADER) == BROADCAST else REPLY
+        with self.pacing.lock:
+            if self._cancelled(request):
+                self._release(request, None)
+                return
+            bucket = self.buckets.get(number)
+            if bucket is None:
+                bucket = self.buckets[number] = NumberBucket(number)
+            bucket.lanes[lane].append(request)
+            # A pending timer already re-checks at the next slot, and then the reply lane goes first.
+            if bucket.timer_entry is None:
+                self._drain(bucket)
+
+    def clear_pending(self) -> None:
+        """Forget every waiting request (the connection is gone; the broker redelivers them)."""
+        with self.pacing.lock:
+            for bucket in self.buckets.values():
+                self._cancel_timer(bucket)
+                for lane in bucket.lanes.values():
+                    lane.clear()
+
+    def release_all(self) -> None:
+        """Hand every waiting request to the pool without a slot (the task's rate limit was removed)."""
+        with self.pacing.lock:
+            for bucket in self.buckets.values():
+                self._cancel_timer(bucket)
+                while bucket.pending():
+                    self._release(bucket.popleft(), None)
+
+    def _on_timer(self, bucket: NumberBucket) -> None:
+        with self.pacing.lock:
+            bucket.timer_entry = None
+            self._drain(bucket)
+
+    def _drain(self, bucket: NumberBucket) -> None:
+        """Release requests while the limiter grants slots within the lead; then set one timer."""
+        self._release_cancelled(bucket)
+        pacing = self.pacing
+        while bucket.pending():
+            try:
+                outcome = pacing.store.reserve(bucket.phone_number_id, pacing.lead, self.default_rate)
+            except Exception as exc:  # noqa: BLE001 - a bucket must never be left without its timer
+                pacing.outage.failed(exc, pacing.clock())
+                self._schedule(bucket, RECHECK_WHEN_DOWN)
+                return
+            pacing.outage.recovered(pacing.clock())
+            if isinstance(outcome, limiter.Wait):
+                self._schedule(bucket, outcome.seconds)
+                return
+            self._release(bucket.popleft(), {
+                "due": pacing.clock() + outcome.delay,
+                "phone_number_id": bucket.phone_number_id,
+                "rate": self.default_rate,
+            })
+
+    def _cancelled(self, request: Any) -> bool:
+        broadcast_id = _header(request, BROADCAST_HEADER)
+        return bool(broadcast_id) and self.pacing.store.is_cancelled(str(broadcast_id))
+
+    def _release_cancelled(self, bucket: NumberBucket) -> None:
+        # Only broadcasts are cancelled; the lane holds at most the worker's prefetch, so a scan is cheap.
+        lane = bucket.lanes[BROADCAST]
+        if not any(_header(r, BROADCAST_HEADER) for r in lane):
+            return
+        kept: deque = deque()
+        for request in lane:
+            if self._cancelled(request):
+                self._release(request, None)
+            else:
+                kept.append(request)
+        bucket.lanes[BROADCAST] = kept
+
+    def _release(self, request: Any, slot: dict[str, Any] | None) -> None:
+        # Always set: a redelivered or retried message may carry a stale slot in its headers.
+        request.request_dict[limiter.SLOT_KEY] = slot
+        self.pacing.move_to_pool(request)
+
+    def _schedule(self, bucket: NumberBucket, seconds: float) -> None:
+        bucket.timer_entry = self.pacing.timer.call_after(min(max(seconds, MIN_RECHECK), MAX_RECHECK),
+                                                            self._on_timer, (bucket,))
+
+    def _cancel_timer(self, bucket: NumberBucket) -> None:
+        if bucket.timer_entry is not None:
+            self.pacing.timer.cancel(bucket.timer_entry)
+            bucket.timer_entry = None
+
+
+class PacedConsumer(Consumer):
+    """Celery's consumer, with rate-limited tasks paced per phone number on the shared limiter."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from waflow.config import settings
+
+        # Consumer.__init__ already asks bucket_for_task for every task: the pacers share this,
+        # and get the timer once Consumer.__init__ has set it.
+        self.pacing = Pacing(store=limiter.default_store(), timer=None, move_to_pool=self._limit_move_to_pool,
+                             default_phone_number_id=settings.phone_number_id)
+        super().__init__(*args, **kwargs)
+        self.pacing.timer = self.timer
+        if self.hub is not None:
+            _fire_due_timers_without_pause(self.hub)
+
+    def bucket_for_task(self, type: Any) -> TaskPacer | None:  # noqa: A002 - Celery's name
+        limit = rate(getattr(type, "rate_limit", None))
+        return TaskPacer(self.pacing, type.name, limit) if limit else None
+
+    def reset_rate_limits(self) -> None:
+        """Apply the tasks' current rate limits (Celery's remote ``rate_limit`` command calls this).
+
+        A pacer survives with its waiting requests and takes the new rate; a task whose limit was
+        removed releases what waited.
+        """
+        for name, task in self.app.tasks.items():
+            current = self.task_buckets.get(name)
+            limit = rate(getattr(task, "rate_limit", None))
+            if isinstance(current, TaskPacer) and limit:
+                current.default_rate = limit
+                continue
+            if isinstance(current, TaskPacer):
+                current.release_all()
+            self.task_buckets[name] = self.bucket_for_task(task)
+
+    def _limit_task(self, request: Any, bucket: Any, tokens: int) -> Any:
+        if not isinstance(bucket, TaskPacer):
+            return super()._limit_task(request, bucket, tokens)
+        bucket.add(request)
+
+    def _limit_post_eta(self, request: Any, bucket: Any, tokens: int) -> Any:
+        if not isinstance(bucket, TaskPacer):
+            return super()._limit_post_eta(request, bucket, tokens)
+        # As stock: the ETA raised the prefetch count while the request waited in the timer.
+        self.qos.decrement_eventually()
+        bucket.add(request)
