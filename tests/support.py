@@ -210,7 +210,7 @@ class Stack:
 
         try:
             return requests.get(self.url, timeout=1).status_code == 403
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # listening, but the worker is still booting
             return False
 
     def post(self, body: bytes, signature: str | None = None, timeout: float = 10):

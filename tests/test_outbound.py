@@ -119,6 +119,21 @@ def test_a_send_found_mid_call_after_a_crash_is_left_in_doubt_and_never_resent(s
     assert row(stage.db, oid).status == "in_doubt"
 
 
+def test_a_second_copy_of_a_task_leaves_a_send_in_progress_alone(stage):
+    wrote_recently(stage.db, "15550001009")
+    oid = command(stage.db, "15550001009", {"kind": "text", "body": "in flight"})
+    with transaction(stage.db) as conn:
+        assert isinstance(outbound.claim(conn, oid, stage.store, "task-A"), outbound.Claimed)
+    with transaction(stage.db) as conn:  # a duplicate message of the same command, under another task id
+        skipped = outbound.claim(conn, oid, stage.store, "task-B")
+    assert skipped.reason == "being sent by task task-A" and row(stage.db, oid).status == "sending"
+    with transaction(stage.db) as conn:  # long after the call's time limit: task-A died mid-call
+        conn.execute(sa.update(OutboundMessage).where(OutboundMessage.id == oid).values(
+            claimed_at=datetime.now(timezone.utc) - outbound.CALL_LEASE - timedelta(seconds=1)))
+    with transaction(stage.db) as conn:
+        assert outbound.claim(conn, oid, stage.store, "task-B").reason == "in doubt"
+
+
 def _status_event(wamid: str, status: str, callback: str | None, recipient: str):
     from support import compact, text_webhook
     from waflow.ingestor import split_webhook

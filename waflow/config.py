@@ -24,6 +24,7 @@ DEV_APP_SECRET = "waflow-dev-app-secret"
 DEV_VERIFY_TOKEN = "waflow-dev-verify-token"
 DEV_ACCESS_TOKEN = "waflow-dev-access-token"
 DEV_PHONE_NUMBER_ID = "100000000000001"
+DEV_WABA_ID = "100000000000002"
 # Meta's current pages use v25.0; pin the version, never call unversioned URLs.
 GRAPH_API_URL = "https://graph.facebook.com/v25.0"
 
@@ -33,7 +34,8 @@ VARIABLES = (
     "WAFLOW_ENV", "DATABASE_URL", "CELERY_BROKER_URL", "WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN",
     "FLOWER_BASIC_AUTH", "WAFLOW_VAR_DIR", "WAFLOW_MAX_BODY_BYTES", "WAFLOW_PUBLISH_TIMEOUT", "WAFLOW_LOG_LEVEL",
     "PORT", "WEB_CONCURRENCY", "WEB_THREADS",
-    "WHATSAPP_API_URL", "WHATSAPP_ACCESS_TOKEN", "WHATSAPP_PHONE_NUMBER_ID", "WHATSAPP_SEND_RATE", "REDIS_URL",
+    "WHATSAPP_API_URL", "WHATSAPP_ACCESS_TOKEN", "WHATSAPP_PHONE_NUMBER_ID", "WHATSAPP_WABA_ID", "WHATSAPP_SEND_RATE",
+    "REDIS_URL",
     "SIMULATOR_PORT", "SIMULATOR_WEBHOOK_URL",
     "WAFLOW_QUEUE_TYPE", "WAFLOW_DEAD_LETTER_RETENTION_DAYS",
 )
@@ -109,6 +111,7 @@ class Settings:
     whatsapp_api_url: str
     access_token: str = field(repr=False)
     phone_number_id: str
+    waba_id: str
     send_rate: int
     redis_url: str = field(repr=False)
     simulator_port: int
@@ -182,6 +185,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             GRAPH_API_URL if production else f"http://127.0.0.1:{simulator_port}/v25.0")).rstrip("/"),
         access_token=secret("WHATSAPP_ACCESS_TOKEN", DEV_ACCESS_TOKEN),
         phone_number_id=secret("WHATSAPP_PHONE_NUMBER_ID", DEV_PHONE_NUMBER_ID),
+        # Optional: lets `broadcast` look a template up and check its parameter count before queueing.
+        waba_id=env.get("WHATSAPP_WABA_ID") or ("" if production else DEV_WABA_ID),
         # Meta's default per-number throughput; numbers are upgraded automatically up to 1000/s.
         send_rate=_int(env, "WHATSAPP_SEND_RATE", 80, 1, 1000),
         # The send limiter's shared store. Empty on the embedded broker: the limiter then shares

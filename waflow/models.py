@@ -268,6 +268,12 @@ class OutboundMessage(Base):
     error_details: Mapped[str | None] = mapped_column(sa.Text)
     attempts: Mapped[int] = mapped_column(default=0)
     pair_attempts: Mapped[int] = mapped_column(default=0)
+    # The task run that marked it `sending`, and when: a second copy of the task finding it
+    # `sending` within the call's time limit leaves it to that run instead of calling it in doubt.
+    claimed_by: Mapped[str | None] = mapped_column(sa.Text)
+    claimed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # When its send task was queued (broadcasts: a resumed broadcast queues only the rest).
+    enqueued_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     created_at: Mapped[created_at]
     updated_at: Mapped[created_at]
     accepted_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))

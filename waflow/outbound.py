@@ -34,7 +34,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from waflow import compose, dlq, limiter, queues
+from waflow import compose, dlq, limiter, queues, whatsapp
 from waflow.config import settings
 from waflow.db import insert, transaction
 from waflow.events import ContactInfo
@@ -57,6 +57,9 @@ MAINTENANCE_WAIT = 60.0
 PAIR_WAIT_CAP = min(64.0, MAX_COUNTDOWN)
 # A message that cannot go yet (pair pacing) is looked at again no sooner than this.
 MIN_DEFER = 0.5
+# A call to Meta ends within the client's timeouts; a message `sending` for longer than this was
+# left by a sender that died mid-call.
+CALL_LEASE = timedelta(seconds=whatsapp.CONNECT_TIMEOUT + whatsapp.READ_TIMEOUT + 10)
 
 
 # --- commands --------------------------------------------------------------------------------------------------
@@ -160,11 +163,22 @@ def window_open(conn: sa.Connection, phone_number_id: str, recipient: str, now: 
     return now - last < WINDOW
 
 
-def claim(conn: sa.Connection, outbound_id: int, store: limiter.Store) -> Claimed | Skip | Defer:
-    """Decide whether this message goes now; mark it ``sending`` if so."""
+def _claimed_at(row: Any) -> datetime | None:
+    at = row.claimed_at
+    return at.replace(tzinfo=timezone.utc) if at is not None and at.tzinfo is None else at
+
+
+def claim(conn: sa.Connection, outbound_id: int, store: limiter.Store,
+          task_id: str | None = None) -> Claimed | Skip | Defer:
+    """Decide whether this message goes now; mark it ``sending`` (by ``task_id``) if so."""
     row = conn.execute(sa.select(OUTBOUND).where(OUTBOUND.c.id == outbound_id).with_for_update()).first()
     if row is None:
         return Skip("no such message")
+    now = datetime.now(timezone.utc)
+    claimed_at = _claimed_at(row)
+    if (row.status == "sending" and row.claimed_by != task_id and claimed_at is not None
+            and now - claimed_at < CALL_LEASE):
+        return Skip(f"being sent by task {row.claimed_by}")  # a second copy of the task: leave it be
     if row.status == "sending":
         # The last attempt died during its call to Meta: the outcome is unknown.
         _set(conn, row.id, status="in_doubt", error_title="the sender stopped during its call to Meta")
@@ -182,7 +196,6 @@ def claim(conn: sa.Connection, outbound_id: int, store: limiter.Store) -> Claime
         if earlier is not None:
             _set(conn, row.id, parked=True)
             return Skip(f"waiting for outbound {earlier} to the same recipient")
-    now = datetime.now(timezone.utc)
     if row.kind not in ("template", "read") and not window_open(conn, row.phone_number_id, row.recipient, now):
         _set(conn, row.id, status="failed", error_code=131047,
              error_title="Re-engagement message: refused before sending",
@@ -193,7 +206,7 @@ def claim(conn: sa.Connection, outbound_id: int, store: limiter.Store) -> Claime
         wait = store.pair_reserve(row.phone_number_id, row.recipient)
         if wait > 0:
             return Defer(max(MIN_DEFER, wait))
-    _set(conn, row.id, status="sending", attempts=OutboundMessage.attempts + 1)
+    _set(conn, row.id, status="sending", attempts=OutboundMessage.attempts + 1, claimed_by=task_id, claimed_at=now)
     body = dict(row.payload)
     if row.kind != "read":
         body["biz_opaque_callback_data"] = f"{CALLBACK_PREFIX}{row.id}"
@@ -294,6 +307,29 @@ def reconcile(conn: sa.Connection, callback_data: str | None, wamid: str) -> lis
     return _following(conn, row) if row.status == "sending" else []
 
 
+class NotInDoubt(ValueError):
+    """Only a message in doubt is settled by hand; the message says where this one stands."""
+
+
+def resolve(conn: sa.Connection, outbound_id: int, *, wamid: str | None = None, failed: bool = False,
+            resend: bool = False, by: str) -> list[Queued]:
+    """A person settles a send in doubt: Meta took it (its wamid), it failed, or send it again.
+    Returns what to queue after the commit."""
+    row = conn.execute(sa.select(OUTBOUND).where(OUTBOUND.c.id == outbound_id).with_for_update()).first()
+    if row is None or row.status != "in_doubt":
+        raise NotInDoubt(f"outbound {outbound_id} is {row.status if row else 'unknown'}, not in doubt")
+    logger.info("resolve: outbound %s settled by %s (%s)", outbound_id, by,
+                "accepted" if wamid else "failed" if failed else "resend")
+    if wamid:
+        accept(conn, row, wamid, None)
+        return []
+    if failed:
+        _set(conn, row.id, status="failed", error_title=f"marked failed by {by} after a send in doubt")
+        return []
+    _set(conn, row.id, status="queued", parked=False, claimed_by=None, claimed_at=None)
+    return [Queued(row.id, row.lane, row.phone_number_id, row.broadcast_id)] if resend else []
+
+
 def reopen(conn: sa.Connection, args: list[Any], _kwargs: dict[str, Any]) -> None:
     """Before a dead-lettered send is replayed: a message that failed is queued again."""
     _set(conn, int(args[0]), status="queued", parked=False)
@@ -318,7 +354,7 @@ def deliver(outbound_id: int, request: Any, retries: int, max_retries: int) -> s
     """Claim, send at the slot, settle: one attempt at one message. Returns where it stands."""
     store = limiter.default_store()
     with transaction() as conn:
-        step = claim(conn, outbound_id, store)
+        step = claim(conn, outbound_id, store, getattr(request, "id", None))
     if isinstance(step, Defer):
         _again(request, outbound_id, step.seconds, retries)
         return "deferred"

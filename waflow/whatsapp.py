@@ -162,3 +162,24 @@ def _sent_before_failing(exc: requests.RequestException) -> bool:
     if isinstance(inner, urllib3.exceptions.MaxRetryError):
         inner = inner.reason
     return isinstance(inner, urllib3.exceptions.ProtocolError)
+
+
+class TemplateNotFound(LookupError):
+    """Meta has no approved template by that name and language."""
+
+
+def template_parameter_count(client: Client, waba_id: str, name: str, language: str) -> int:
+    """How many body parameters ({{1}}, {{2}}, ...) the approved template takes (a management call,
+    once per broadcast; never on the send path). Raises TemplateNotFound, or requests' errors."""
+    import re
+
+    response = client.session.get(f"{client.api_url}/{waba_id}/message_templates", headers=client._headers,
+                                  params={"name": name, "language": language},
+                                  timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+    response.raise_for_status()
+    for template in response.json().get("data", []):
+        if template.get("name") == name and template.get("language") == language:
+            body = next((c.get("text", "") for c in template.get("components", [])
+                         if str(c.get("type", "")).upper() == "BODY"), "")
+            return len(set(re.findall(r"\{\{\s*(\w+)\s*\}\}", body)))
+    raise TemplateNotFound(f"no approved template {name!r} in {language}")

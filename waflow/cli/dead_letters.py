@@ -1,76 +1,19 @@
-"""Operator commands, run as ``flask --app wsgi <command>``."""
+"""``flask --app wsgi dlq ...``: inspect, replay and purge dead letters; run the recorder.
+
+Dead letters hold client content: these commands are for operators with access to
+the database (docs/reliability.md, "Who may read dead letters").
+"""
 from __future__ import annotations
 
 import getpass
 import json
 import re
 import signal
-import time
-import uuid
 from datetime import timedelta
 
 import click
-import requests
 import sqlalchemy as sa
 from flask import Flask
-
-from waflow.gateway import SIGNATURE_HEADER, signature_for
-
-
-def sample_body(text: str, wa_id: str, phone_number_id: str) -> tuple[bytes, str]:
-    """A one-message text webhook shaped like Meta's, with a fresh wamid."""
-    wamid = f"wamid.sample-{uuid.uuid4().hex}"
-    doc = {"object": "whatsapp_business_account", "entry": [{"id": "sample-waba", "changes": [{
-        "field": "messages",
-        "value": {
-            "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "15550000000", "phone_number_id": phone_number_id},
-            "contacts": [{"profile": {"name": "Sample Client"}, "wa_id": wa_id}],
-            "messages": [{"from": wa_id, "id": wamid, "timestamp": str(int(time.time())), "type": "text",
-                          "text": {"body": text}}],
-        }}]}]}
-    return json.dumps(doc, separators=(",", ":")).encode(), wamid
-
-
-def register(app: Flask) -> None:
-    register_dlq(app)
-
-    @app.cli.command("sample-webhook")
-    @click.argument("text", default="Hello, I need advice about a contract.")
-    @click.option("--url", default=None, help="Webhook URL (default: this machine's web process on $PORT).")
-    @click.option("--wa-id", default="15551234567", show_default=True, help="The sender's WhatsApp id.")
-    @click.option("--phone-number-id", default="100000000000001", show_default=True)
-    @click.option("--wait", default=15.0, show_default=True, help="Seconds to wait for the row.")
-    def sample_webhook(text: str, url: str | None, wa_id: str, phone_number_id: str, wait: float) -> None:
-        """POST a signed sample text webhook and wait until its message row is in the database."""
-        from waflow.db import get_engine
-        from waflow.models import Message
-
-        settings = app.config["WAFLOW_SETTINGS"]
-        url = url or f"http://127.0.0.1:{settings.port}/webhooks/whatsapp"
-        body, wamid = sample_body(text, wa_id, phone_number_id)
-        signature = signature_for(settings.app_secret, body)
-        try:
-            response = requests.post(url, data=body, timeout=10,
-                                     headers={"Content-Type": "application/json", SIGNATURE_HEADER: signature})
-        except requests.ConnectionError:
-            raise click.ClickException(f"nothing answers at {url}: is the stack running (bin/run)?") from None
-        click.echo(f"POST {url} -> {response.status_code} {response.text.strip()}")
-        if response.status_code != 200:
-            raise SystemExit(1)
-        deadline = time.monotonic() + wait
-        with get_engine().connect() as conn:
-            while time.monotonic() < deadline:
-                row = conn.execute(sa.select(Message.id, Message.conversation_id, Message.body)
-                                   .where(Message.wamid == wamid)).first()
-                if row is not None:
-                    click.echo(f"stored: messages.id={row.id} conversation_id={row.conversation_id} "
-                               f"wamid={wamid} body={row.body!r}")
-                    return
-                conn.rollback()
-                time.sleep(0.2)
-        click.echo(f"not in the database after {wait:.0f}s: are the workers running? (bin/run)", err=True)
-        raise SystemExit(1)
 
 
 _AGE = re.compile(r"^(\d+)([smhd])$")
@@ -103,7 +46,7 @@ def _find(conn, ids, queue, error_type, older_than, newer_than, status, limit=No
                     newer_than=parse_age(newer_than), status=status, limit=limit)
 
 
-def register_dlq(app: Flask) -> None:
+def register(app: Flask) -> None:
     @app.cli.group("dlq")
     def dlq_group() -> None:
         """Inspect, replay and purge dead letters (they hold client content: operators only)."""

@@ -1,0 +1,185 @@
+"""Broadcasts and the sending commands, through the command line (CliRunner), on the scratch database.
+
+What would be queued is recorded instead of published; template lookups go to a
+live Meta simulator.
+"""
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from support import SimulatorProcess, orm, wipe
+from waflow import broadcast, config, limiter, outbound
+from waflow.models import Broadcast, OutboundMessage
+
+
+@pytest.fixture(scope="module")
+def meta():
+    sim = SimulatorProcess("--no-status-webhooks").start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def cli(default_db, meta, var_dir, monkeypatch, tmp_path):
+    from waflow import create_app
+    from support import RecordingPublisher
+
+    wipe(default_db)
+    store = limiter.FileStore(tmp_path / "limiter", 80)
+    monkeypatch.setattr(limiter, "default_store", lambda: store)
+    queued: list[tuple[tuple, dict]] = []
+    monkeypatch.setattr(outbound.send_message, "apply_async", lambda args, **kw: queued.append((args, kw)))
+    settings = config.load({"WAFLOW_VAR_DIR": var_dir, "WHATSAPP_API_URL": meta.api_url})
+    app = create_app({"TESTING": True, "WAFLOW_SETTINGS": settings, "WAFLOW_PUBLISHER": RecordingPublisher()})
+    runner = CliRunner()
+
+    def invoke(*args: str, **kw):
+        return runner.invoke(app.cli, list(args), **kw)
+
+    invoke.queued, invoke.db, invoke.store = queued, default_db, store
+    return invoke
+
+
+def csv_file(tmp_path, text: str, name: str = "clients.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_broadcast_queues_one_template_send_per_recipient_on_the_broadcast_lane(cli, tmp_path):
+    path = csv_file(tmp_path, "+15550100001,Tuesday,10:00\n\nUS.13491208655302741918,Friday,15:30\n")
+    result = cli("broadcast", "appointment_reminder", path, "--no-wait")
+    assert result.exit_code == 0, result.output
+    assert "2 recipient(s), 2 parameter(s) each, checked with Meta" in result.output
+    assert "queued 2 send(s)" in result.output
+    assert {kw["queue"] for _, kw in cli.queued} == {"wa.outgoing.broadcast"}
+    assert {kw["headers"]["lane"] for _, kw in cli.queued} == {"broadcast"}
+    with orm(cli.db) as session:
+        rows = session.scalars(sa.select(OutboundMessage).order_by(OutboundMessage.id)).all()
+        b = session.scalars(sa.select(Broadcast)).one()
+    assert b.name == "appointment_reminder-clients" and b.total == 2
+    assert [r.recipient for r in rows] == ["+15550100001", "US.13491208655302741918"]
+    assert rows[0].payload["to"] == "+15550100001" and rows[1].payload["recipient"] == "US.13491208655302741918"
+    params = rows[0].payload["template"]["components"][0]["parameters"]
+    assert [p["text"] for p in params] == ["Tuesday", "10:00"]
+    assert rows[0].payload["template"]["language"] == {"code": "en_US"}
+
+
+def test_the_parameter_count_is_checked_with_meta_before_anything_is_queued(cli, tmp_path):
+    path = csv_file(tmp_path, "15550100002,Tuesday\n15550100003,Friday\n")
+    result = cli("broadcast", "appointment_reminder", path)
+    assert result.exit_code == 1
+    assert "nothing queued: the template takes 2 parameter(s); 2 row(s) differ (lines 1, 2)" in result.output
+    assert cli.queued == []
+    unknown = cli("broadcast", "no_such_template", path)
+    assert "nothing queued: no approved template 'no_such_template' in en_US" in unknown.output
+
+
+def test_rows_that_disagree_are_refused_with_their_line_numbers(cli, tmp_path):
+    path = csv_file(tmp_path, "15550100004,A\n15550100005,B\n15550100006\n15550100004,C\n")
+    result = cli("broadcast", "case_update", path)
+    assert result.exit_code == 1 and "line 4: 15550100004 is already on line 1" in result.output
+    with pytest.raises(broadcast.BroadcastError, match=r"most rows give 1 parameter\(s\); 1 row\(s\) differ \(lines 3\)"):
+        broadcast.check_parameters([broadcast.Recipient(1, "a", ("x",)), broadcast.Recipient(2, "b", ("y",)),
+                                    broadcast.Recipient(3, "c", ())], None)
+    assert cli.queued == []
+
+
+def test_a_dry_run_checks_everything_and_queues_nothing(cli, tmp_path):
+    path = csv_file(tmp_path, "15550100007,2026-114\n")
+    result = cli("broadcast", "case_update", path, "--dry-run")
+    assert result.exit_code == 0 and "dry run: nothing queued" in result.output
+    assert "would send to 15550100007: ['2026-114']" in result.output
+    with orm(cli.db) as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(OutboundMessage)) == 0
+    assert cli.queued == []
+
+
+def test_running_an_interrupted_broadcast_again_queues_only_the_recipients_not_yet_queued(cli, tmp_path):
+    path = csv_file(tmp_path, "15550100008,A\n15550100009,B\n")
+    assert cli("broadcast", "case_update", path, "--name", "dec", "--no-wait").exit_code == 0
+    assert len(cli.queued) == 2
+    # Interrupted between storing and queueing: two more rows exist that were never queued.
+    path = csv_file(tmp_path, "15550100008,A\n15550100009,B\n15550100010,C\n15550100011,D\n")
+    with orm(cli.db) as session:
+        session.execute(sa.update(OutboundMessage).values(status="accepted"))  # the first two went out
+    cli.queued.clear()
+    again = cli("broadcast", "case_update", path, "--name", "dec", "--no-wait")
+    assert "queued 2 send(s)" in again.output
+    with orm(cli.db) as session:
+        wanted = set(session.scalars(sa.select(OutboundMessage.id).where(OutboundMessage.recipient.in_(
+            ["15550100010", "15550100011"]))))
+    assert {args[0] for args, _ in cli.queued} == wanted
+    cli.queued.clear()
+    assert "queued 0 send(s)" in cli("broadcast", "case_update", path, "--name", "dec", "--no-wait").output
+    # After the queues were purged, --requeue queues every unsent one again.
+    assert "queued 2 send(s)" in cli("broadcast", "case_update", path, "--name", "dec", "--no-wait",
+                                     "--requeue").output
+
+
+def test_cancelling_a_broadcast_stops_everything_not_yet_sent(cli, tmp_path):
+    path = csv_file(tmp_path, "15550100012,A\n15550100013,B\n15550100014,C\n")
+    cli("broadcast", "case_update", path, "--name", "stopme", "--no-wait")
+    with orm(cli.db) as session:
+        first = session.scalars(sa.select(OutboundMessage).order_by(OutboundMessage.id)).first()
+        first.status = "accepted"
+        broadcast_id = first.broadcast_id
+    result = cli("broadcast-cancel", "stopme")
+    assert result.exit_code == 0 and "2 unsent message(s) will not be sent" in result.output
+    assert cli.store.is_cancelled(str(broadcast_id))
+    with orm(cli.db) as session:
+        statuses = sorted(session.scalars(sa.select(OutboundMessage.status)))
+    assert statuses == ["accepted", "cancelled", "cancelled"]
+    assert "no broadcast named 'nope'" in cli("broadcast-cancel", "nope").output
+    assert "was cancelled; choose another --name" in cli("broadcast", "case_update", path, "--name", "stopme").output
+
+
+def test_the_summary_counts_accepted_failed_by_code_and_still_queued(cli, tmp_path):
+    path = csv_file(tmp_path, "15550100015,A\n15550100016,B\n15550100017,C\n15550100018,D\n")
+    cli("broadcast", "case_update", path, "--name", "summary", "--no-wait")
+    with orm(cli.db) as session:
+        rows = session.scalars(sa.select(OutboundMessage).order_by(OutboundMessage.id)).all()
+        rows[0].status = "accepted"
+        rows[1].status, rows[1].error_code, rows[1].error_title = "failed", 131026, "(#131026) Message undeliverable"
+        rows[2].status, rows[2].error_code, rows[2].error_title = "failed", 131026, "(#131026) Message undeliverable"
+        rows[3].status = "cancelled"
+    result = cli("broadcast", "case_update", path, "--name", "summary")
+    assert "accepted 1, failed 2, in doubt 0, cancelled 1, still queued 0" in result.output
+    assert "failed #131026: 2 ((#131026) Message undeliverable)" in result.output
+
+
+def test_send_rate_is_stored_for_every_sender_and_shown(cli):
+    assert "80 msg/s (default), paced at 78.4/s" in cli("send-rate").output
+    assert "250 msg/s (stored), paced at 245.0/s" in cli("send-rate", "250").output
+    assert cli.store.get_rate(config.settings.phone_number_id) == 250
+    assert cli("send-rate", "1001").exit_code == 2
+    assert "80 msg/s (default)" in cli("send-rate", "--clear").output
+
+
+def test_send_queues_a_reply_and_refuses_a_bad_one_with_its_reason(cli):
+    ok = cli("send", "15550100019", "Your hearing is on Monday.", "--wait", "0", "--key", "k-1")
+    assert ok.exit_code == 0 and "queued" in ok.output
+    [(args, kw)] = cli.queued
+    assert kw["queue"] == "wa.outgoing.command" and kw["headers"]["lane"] == "reply"
+    again = cli("send", "15550100019", "Your hearing is on Monday.", "--wait", "0", "--key", "k-1")
+    assert "was already commanded under that key" in again.output and len(cli.queued) == 1
+    bad = cli("send", "15550100019", "x" * 4097, "--wait", "0")
+    assert bad.exit_code == 1 and "not sent: body: String should have at most 4096 characters" in bad.output
+
+
+def test_a_send_in_doubt_is_settled_by_a_persons_decision(cli):
+    from waflow.db import transaction
+
+    with transaction(cli.db) as conn:
+        queued, _ = outbound.command(conn, key="doubt-1", recipient="15550100020",
+                                     message={"kind": "text", "body": "did it go?"})
+        conn.execute(sa.update(OutboundMessage).where(OutboundMessage.id == queued.id).values(status="in_doubt"))
+    listed = cli("outbox", "list")
+    assert f"outbound {queued.id} to 15550100020: in_doubt" in listed.output
+    assert cli("outbox", "resolve", str(queued.id)).exit_code == 2  # a decision is required
+    resent = cli("outbox", "resolve", str(queued.id), "--resend", "--by", "lawyer-mia")
+    assert resent.exit_code == 0 and "settled by lawyer-mia" in resent.output
+    assert [args for args, _ in cli.queued] == [(queued.id,)]
+    assert "is queued, not in doubt" in cli("outbox", "resolve", str(queued.id), "--failed").output

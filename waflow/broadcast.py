@@ -1,0 +1,164 @@
+"""Broadcasts: one template to every recipient of a CSV file, on the broadcast lane.
+
+``flask --app wsgi broadcast TEMPLATE RECIPIENTS.csv`` (``waflow.cli.sending``)
+reads the file (no header; the first column is the recipient, sent as given, a
+business-scoped user id as ``recipient``; further columns fill the template's
+body parameters), checks every row before anything is queued, stores one send
+command per recipient under the key ``broadcast:<name>:<recipient>`` and queues
+it on ``wa.outgoing.broadcast``. Running it again under the same name creates
+and queues only what is missing, so an interrupted broadcast resumes without
+sending to anyone twice. ``cancel`` stops whatever has not been sent.
+
+Broadcast sends share the number's budget with replies, which go first
+(``waflow.consumer``).
+"""
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from waflow import compose, limiter, outbound
+from waflow.db import insert
+from waflow.models import Broadcast, OutboundMessage
+
+# Queue in batches: one transaction and one mark per batch, so a crash re-queues at most one batch.
+BATCH = 500
+
+
+class BroadcastError(ValueError):
+    """The broadcast cannot start as asked; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Recipient:
+    line: int
+    to: str
+    parameters: tuple[str, ...]
+
+
+def read_recipients(path: Path) -> list[Recipient]:
+    """The recipients of a header-less CSV file; blank lines are skipped, a repeated recipient refused."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BroadcastError(f"cannot read {path}: {exc}") from None
+    found: list[Recipient] = []
+    seen: dict[str, int] = {}
+    problems: list[str] = []
+    for line, cells in enumerate(csv.reader(io.StringIO(text)), start=1):
+        cells = [c.strip() for c in cells]
+        if not any(cells):
+            continue
+        to = cells[0]
+        if not to:
+            problems.append(f"line {line}: no recipient in the first column")
+        elif to in seen:
+            problems.append(f"line {line}: {to} is already on line {seen[to]}")
+        else:
+            seen[to] = line
+            found.append(Recipient(line, to, tuple(cells[1:])))
+    if problems:
+        raise BroadcastError("; ".join(problems[:20]) + (f" (and {len(problems) - 20} more)" if len(problems) > 20
+                                                          else ""))
+    if not found:
+        raise BroadcastError(f"{path} names no recipient")
+    return found
+
+
+def check_parameters(recipients: list[Recipient], expected: int | None) -> int:
+    """Every row must give the template's number of body parameters; return that number."""
+    counts = Counter(len(r.parameters) for r in recipients)
+    want = expected if expected is not None else counts.most_common(1)[0][0]
+    wrong = [r for r in recipients if len(r.parameters) != want]
+    if wrong:
+        lines = ", ".join(str(r.line) for r in wrong[:20]) + (" ..." if len(wrong) > 20 else "")
+        source = "the template takes" if expected is not None else "most rows give"
+        raise BroadcastError(f"{source} {want} parameter(s); {len(wrong)} row(s) differ (lines {lines})")
+    for r in recipients:
+        try:
+            compose.parse({"kind": "template", "name": "check", "parameters": list(r.parameters)})
+        except compose.InvalidCommand as exc:
+            raise BroadcastError(f"line {r.line}: {exc}") from None
+    return want
+
+
+def start(conn: sa.Connection, *, name: str, template: str, language: str, phone_number_id: str,
+          recipients: list[Recipient]) -> int:
+    """Create the broadcast (or find it, to resume) and its commands; return its id."""
+    b = conn.execute(sa.select(Broadcast.__table__).where(Broadcast.name == name)).first()
+    if b is not None:
+        if (b.template, b.language) != (template, language):
+            raise BroadcastError(f"broadcast {name!r} exists for template {b.template} ({b.language}); "
+                                 "choose another --name")
+        if b.status == "cancelled":
+            raise BroadcastError(f"broadcast {name!r} was cancelled; choose another --name to send again")
+        broadcast_id = b.id
+    else:
+        broadcast_id = conn.execute(insert(conn.dialect.name, Broadcast).values(
+            name=name, template=template, language=language, phone_number_id=phone_number_id, total=0,
+            status="running", created_at=datetime.now(timezone.utc)).returning(Broadcast.id)).scalar_one()
+    for r in recipients:
+        outbound.command(conn, key=f"broadcast:{name}:{r.to}", recipient=r.to, lane="broadcast",
+                         phone_number_id=phone_number_id, broadcast_id=broadcast_id,
+                         message=compose.Template(name=template, language=language, parameters=list(r.parameters)))
+    total = conn.execute(sa.select(sa.func.count()).where(OutboundMessage.broadcast_id == broadcast_id)).scalar_one()
+    conn.execute(sa.update(Broadcast).where(Broadcast.id == broadcast_id).values(total=total))
+    return broadcast_id
+
+
+def queue_unqueued(transaction, broadcast_id: int, requeue: bool = False) -> int:
+    """Queue the send task of every unsent message of the broadcast that was not queued before
+    (``requeue``: of every unsent one, e.g. after the queues were purged). Returns how many."""
+    queued, last_id = 0, 0
+    while True:
+        with transaction() as conn:
+            query = (sa.select(OutboundMessage.id, OutboundMessage.phone_number_id)
+                     .where(OutboundMessage.broadcast_id == broadcast_id, OutboundMessage.status == "queued",
+                            OutboundMessage.id > last_id)
+                     .order_by(OutboundMessage.id).limit(BATCH))
+            if not requeue:
+                query = query.where(OutboundMessage.enqueued_at.is_(None))
+            rows = conn.execute(query).all()
+            if not rows:
+                return queued
+            outbound.enqueue([outbound.Queued(r.id, "broadcast", r.phone_number_id, broadcast_id) for r in rows])
+            conn.execute(sa.update(OutboundMessage).where(OutboundMessage.id.in_([r.id for r in rows]))
+                         .values(enqueued_at=datetime.now(timezone.utc)))
+            queued, last_id = queued + len(rows), rows[-1].id
+
+
+def progress(conn: sa.Connection, broadcast_id: int) -> dict[str, int]:
+    """How many of the broadcast's messages are in each state."""
+    rows = conn.execute(sa.select(OutboundMessage.status, sa.func.count()).where(
+        OutboundMessage.broadcast_id == broadcast_id).group_by(OutboundMessage.status)).all()
+    return {status: n for status, n in rows}
+
+
+def failures(conn: sa.Connection, broadcast_id: int) -> list[tuple[int | None, str | None, int]]:
+    """Failed messages grouped by Meta's code: (code, a title, how many)."""
+    rows = conn.execute(sa.select(OutboundMessage.error_code, sa.func.min(OutboundMessage.error_title),
+                                  sa.func.count()).where(OutboundMessage.broadcast_id == broadcast_id,
+                                                         OutboundMessage.status == "failed")
+                        .group_by(OutboundMessage.error_code).order_by(sa.func.count().desc())).all()
+    return [(code, title, n) for code, title, n in rows]
+
+
+def cancel(conn: sa.Connection, name: str, store: limiter.Store | None = None) -> tuple[int, int]:
+    """Stop a broadcast: its unsent messages are cancelled (their queued tasks then skip them
+    without spending the number's budget). Returns (broadcast id, messages cancelled)."""
+    b = conn.execute(sa.select(Broadcast.id).where(Broadcast.name == name)).scalar()
+    if b is None:
+        raise BroadcastError(f"no broadcast named {name!r}")
+    now = datetime.now(timezone.utc)
+    conn.execute(sa.update(Broadcast).where(Broadcast.id == b).values(status="cancelled", cancelled_at=now))
+    cancelled = conn.execute(sa.update(OutboundMessage).where(OutboundMessage.broadcast_id == b,
+                                                              OutboundMessage.status == "queued")
+                             .values(status="cancelled", updated_at=now)).rowcount
+    (store or limiter.default_store()).cancel_broadcast(str(b))
+    return b, cancelled
