@@ -39,7 +39,8 @@ import requests
 import _common as common
 from _common import queues
 
-TABLES = ("messages", "message_statuses", "conversations", "contacts", "media", "webhook_payloads", "webhook_events")
+TABLES = ("messages", "message_statuses", "conversations", "contacts", "media", "webhook_payloads", "webhook_events",
+          "outbound_messages", "broadcasts", "dead_letter_replays", "dead_letters", "redeliveries")
 PHASES = ("batched", "single", "latency")
 WORKERS = ("ingestor", "core", "media")
 STAGE_QUEUES = (queues.INCOMING_RAW, queues.INCOMING_NORMALIZED, queues.MEDIA_PROCESSING)

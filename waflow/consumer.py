@@ -59,12 +59,14 @@ BROADCAST_HEADER = "broadcast_id"
 REPLY, BROADCAST = "reply", "broadcast"
 LANES = (REPLY, BROADCAST)
 
-# A request goes to the pool this long before its slot, so the task's database work overlaps
-# the wait; it then sleeps the rest in wait_for_slot. A warm pool starts the task about 2.5 ms
-# after the release (threads and prefork alike, measured by tests/test_consumer.py), so 20 ms
-# leaves room for a few ms of database work while a pool slot idles at most 20 ms. At 80/s it
-# reserves at most two slots ahead; at 1000/s about twenty.
-LEAD = 0.020
+# A request goes to the pool this long before its slot, so the task's database work (claiming the
+# message) overlaps the wait; it then sleeps the rest in wait_for_slot. A warm pool starts the
+# task about 2.5 ms after the release (threads and prefork alike, measured by
+# tests/test_consumer.py), but a sender's first sends also open database connections, and a busy
+# 2-core machine delays threads: at 20 ms one sender lost slots for its first 2 s (bench/send.py,
+# 62/s for 200 sends), at 50 ms it kept the pace (78.0/s). A pool slot idles at most 50 ms; at
+# 80/s it reserves at most four slots ahead (a reply waits behind them: 50 ms), at 1000/s fifty.
+LEAD = 0.050
 # A store that cannot be reached is asked again this often.
 RECHECK_WHEN_DOWN = 1.0
 # A bucket looks again at least this often, even during a long pause (Meta's 130429): a
