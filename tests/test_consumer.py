@@ -34,7 +34,10 @@ from conftest import requires_rabbitmq, requires_redis
 from support import AMQP_URL, REDIS_URL, ROOT, wait_for
 from test_limiter import FakeClock, max_in_any_window
 from waflow import consumer, limiter
-from waflow.consumer import LEAD, Pacing, TaskPacer
+from waflow.consumer import LEAD as _DEFAULT_LEAD, Pacing, TaskPacer
+
+# The unit tests below pace with a 20-ms lead: at 80/s, two slots leave at once.
+LEAD = 0.020
 
 T80 = 1 / (80 * (1 - limiter.SAFETY_MARGIN))
 NUMBER = "100000000000001"
@@ -119,7 +122,8 @@ def released(clock) -> Released:
 
 @pytest.fixture
 def pacer(store, timer, released, clock) -> TaskPacer:
-    pacing = Pacing(store=store, timer=timer, move_to_pool=released, default_phone_number_id=NUMBER, clock=clock)
+    pacing = Pacing(store=store, timer=timer, move_to_pool=released, default_phone_number_id=NUMBER, clock=clock,
+                    lead=LEAD)
     return TaskPacer(pacing, "waflow.outbound.send", 80.0)
 
 
@@ -283,7 +287,9 @@ def test_the_remote_rate_limit_command_changes_the_rate_and_keeps_what_waits(pac
     for request in broadcasts(10):
         paced_consumer._limit_task(request, pacer, 1)
     assert control.rate_limit(state, "t.send", "10/s") == {"ok": "new rate limit set successfully"}
-    assert paced_consumer.task_buckets["t.send"] is pacer and pacer.default_rate == 10 and pacer.pending() == 8
+    # The slots within the (default) lead left at once; the rest wait.
+    waiting = 10 - (math.floor(_DEFAULT_LEAD / T80) + 1)
+    assert paced_consumer.task_buckets["t.send"] is pacer and pacer.default_rate == 10 and pacer.pending() == waiting
     assert control.rate_limit(state, "t.other", "5/m") == {"ok": "new rate limit set successfully"}
     assert paced_consumer.task_buckets["t.other"].default_rate == pytest.approx(5 / 60)
     # Removing the limit lets what waited go.
@@ -500,7 +506,8 @@ def test_a_rate_stored_for_the_number_reaches_running_workers_within_a_slot(publ
         changed = time.time()
         time.sleep(2.0)
     times = workers.times()
-    before, after = [t for t in times if t < changed], [t for t in times if t >= changed + LEAD + 0.01]
+    # Slots reserved before the change (at most the workers' lead ahead) still go at the old pace.
+    before, after = [t for t in times if t < changed], [t for t in times if t >= changed + _DEFAULT_LEAD + 0.03]
     gaps = [b - a for a, b in zip(after, after[1:])]
     report("rate change", before_tasks_per_s=rate_between(times, changed - 1.0, changed),
            before_max_per_window=max_in_any_window(before),
@@ -524,8 +531,11 @@ def test_the_slot_reaches_a_prefork_task_which_starts_on_it(publisher, number, t
            median_start_after_slot_ms=statistics.median(late) * 1000, fresh_slots=len(late) - len(on_time))
     assert len({e["pid"] for e in runs}) == 2  # both children ran tasks
     assert all(x >= 0 for x in late)  # never before the slot
-    # A child's first task can start late (~150 ms measured), and a loaded host can overrun a
-    # sleep: those few take a fresh slot.
-    assert len(late) - len(on_time) <= max(2, len(late) // 20)
+    # A child's first tasks start late (~150-200 ms measured: the pool warming up, while the 50-ms
+    # lead has already handed it several) and take fresh slots; after the first second, tasks start
+    # on their slots (a loaded host can overrun a sleep once or twice).
+    steady = [x for e, x in zip(runs, late) if e["t"] - times[0] > 1.0]
+    assert sum(x >= limiter.SLOT_TOLERANCE for x in steady) <= max(2, len(steady) // 20)
     assert max_in_any_window(times) <= 40
-    assert (len(times) - 1) / (times[-1] - times[0]) >= 0.95 * 40
+    steady_times = [t for t in times if t - times[0] > 1.0]
+    assert (len(steady_times) - 1) / (steady_times[-1] - steady_times[0]) >= 0.95 * 40
