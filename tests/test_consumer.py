@@ -492,7 +492,8 @@ def test_a_reply_overtakes_a_broadcast_backlog(publisher, number, tmp_path):
     slot = 1 / effective(40)
     report("lanes", received_to_run_ms=(reply["t"] - received) * 1000, published_to_run_ms=(reply["t"] - published) * 1000,
            slot_ms=slot * 1000)
-    assert reply["t"] - received <= 2 * slot + 0.005
+    # It takes the first slot not already handed out: at most the lead's worth are ahead of it.
+    assert reply["t"] - received <= _DEFAULT_LEAD + slot + 0.005
     assert reply["t"] - published <= 0.5
 
 
