@@ -12,7 +12,6 @@ import math
 import json
 import logging
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -31,7 +30,7 @@ from kombu.asynchronous.timer import Timer
 
 import pacing_app
 from conftest import requires_rabbitmq, requires_redis
-from support import AMQP_URL, REDIS_URL, ROOT, wait_for
+from support import AMQP_URL, REDIS_URL, ROOT, stop_processes, wait_for
 from test_limiter import FakeClock, max_in_any_window
 from waflow import consumer, limiter
 from waflow.consumer import LEAD as _DEFAULT_LEAD, Pacing, TaskPacer
@@ -359,20 +358,7 @@ class Workers:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + 10
-        for proc in self.procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(5)
+        stop_processes(self.procs, grace=10)
 
     def entries(self, event: str = "run") -> list[dict[str, Any]]:
         if not self.records.exists():
