@@ -132,6 +132,25 @@ def test_the_same_webhook_five_times_leaves_one_row(live):
     assert scalar(live, "SELECT count(*) FROM messages WHERE wamid = 'wamid.FIVE'") == 1
 
 
+def test_every_webhook_delivered_three_times_concurrently_leaves_one_row_each(live):
+    """Meta's retries overlap its first delivery: 40 webhooks, each posted 3 times at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [compact(text_webhook([f"wamid.THRICE{i}"], wa_id=f"155500{i:05d}",
+                                   statuses=[(f"wamid.OUT-THRICE{i}", "delivered")])) for i in range(40)]
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(lambda body: live.post(body).status_code, [b for b in bodies for _ in range(3)]))
+    assert answers == [200] * 120
+    wait_rows(live, "messages", 40, where="wamid LIKE 'wamid.THRICE%'")
+    wait_rows(live, "message_statuses", 40)
+    wait_for(lambda: scalar(live, "SELECT count(*) FROM webhook_payloads") == 40, 30, what="payloads")
+    assert scalar(live, "SELECT count(*) FROM messages") == 40
+    assert scalar(live, "SELECT count(DISTINCT wamid) FROM messages") == 40
+    assert scalar(live, "SELECT count(*) FROM message_statuses") == 40
+    assert scalar(live, "SELECT count(*) FROM contacts") == 40
+    assert scalar(live, "SELECT count(*) FROM conversations") == 40
+
+
 def test_messages_and_statuses_in_one_post_are_all_stored(live):
     doc = text_webhook(["wamid.MIX1", "wamid.MIX2"], statuses=[("wamid.OUT1", "delivered"), ("wamid.OUT2", "read")])
     assert live.post(compact(doc)).status_code == 200

@@ -88,3 +88,46 @@ def test_the_webhook_never_answers_500(settings_for_app, body, header):
     assert publisher.published[-1][0] == body
 
 
+
+
+def _drain(queue_name: str) -> list:
+    from waflow import queues
+    from waflow.tasks import celery_app
+
+    found = []
+    with celery_app.connection_for_write() as conn:
+        simple = conn.SimpleQueue(queues.queue(queue_name))
+        while True:
+            try:
+                message = simple.get(block=False)
+            except simple.Empty:
+                break
+            found.append(message.payload)
+            message.ack()
+        simple.close()
+    return found
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.one_of(st.binary(max_size=300), mutated_webhooks().map(to_bytes)))
+def test_no_bad_input_crashes_a_stage_and_each_is_dead_lettered_with_a_readable_reason(default_db, raw):
+    """The whole inbound path in-process (embedded broker, SQLite): the ingest task and the core task it
+    feeds always finish; what they set aside is in wa.dead_letter with a reason a person can read."""
+    from waflow.core import handle_normalized
+    from waflow.ingestor import ingest_raw
+
+    for name in ("wa.incoming.normalized", "wa.media.processing", "wa.dead_letter"):
+        _drain(name)
+    try:
+        expected = len(split_webhook(raw, 1764000000.0).rejected)
+    except NotAWebhook:
+        expected = 1
+    assert ingest_raw.apply(args=(raw.decode("utf-8", "surrogateescape"), 1764000000.0)).successful()
+    for args, kwargs, _ in _drain("wa.incoming.normalized"):
+        assert handle_normalized.apply(args=args, kwargs=kwargs).successful()
+    dead = _drain("wa.dead_letter")
+    assert len(dead) == expected
+    for record in dead:
+        assert record["error_type"] in ("NotAWebhook", "BadUpdate")
+        assert isinstance(record["error_message"], str) and 3 < len(record["error_message"]) < 300
+        assert record["args"][0] == raw.decode("utf-8", "surrogateescape")  # a replay re-ingests the whole body

@@ -117,7 +117,7 @@ class FieldUpdate(_Model):
     """Any change waflow does not split further: account, template, calls, echoes..."""
 
     field: str
-    value: Any
+    value: Any = None  # absent in some changes; a dump without None values must round-trip
     # entry[].time: when Meta raised the change (absent on message webhooks).
     entry_time: int | None = None
 
