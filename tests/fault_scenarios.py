@@ -362,7 +362,8 @@ def figures(ledger: Ledger, database_url: str, *, others: set[str] = frozenset()
                                           "GROUP BY wamid")).all())
         dead = conn.execute(sa.text(
             "SELECT id, queue, task, status, source, error_type, args::text AS args, raw, detail, "
-            "extract(epoch FROM recorded_at)::float8 AS recorded FROM dead_letters")).all()
+            "extract(epoch FROM recorded_at)::float8 AS recorded, extract(epoch FROM last_failed_at)::float8 AS failed "
+            "FROM dead_letters")).all()
         redeliveries = conn.execute(sa.text("SELECT count(*), coalesce(sum(count), 0), coalesce(max(count), 0) "
                                             "FROM redeliveries")).one()
     dead_by_wamid: dict[str, int] = {}
@@ -372,7 +373,8 @@ def figures(ledger: Ledger, database_url: str, *, others: set[str] = frozenset()
         for w in found:
             dead_by_wamid[w] = dead_by_wamid.get(w, 0) + 1
         dead_rows.append({"id": d.id, "queue": d.queue, "task": d.task, "status": d.status, "source": d.source,
-                          "error_type": d.error_type, "wamids": sorted(found), "recorded_at": d.recorded})
+                          "error_type": d.error_type, "wamids": sorted(found), "recorded_at": d.recorded,
+                          "last_failed_at": d.failed})
     ours = [w for w in wanted if w in rows]
     acked = ledger.acked
     return {

@@ -175,6 +175,8 @@ class Stack:
             "WAFLOW_VAR_DIR": var_dir, "PORT": str(self.port), "PYTHONUNBUFFERED": "1",
             "WEB_CONCURRENCY": "1", "WEB_THREADS": "8",
         }
+        if REDIS_URL and not broker_url.startswith("embedded"):
+            self.env["REDIS_URL"] = REDIS_URL  # the send budget's inbound debit: the tests' Redis database
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
     def start(self) -> "Stack":

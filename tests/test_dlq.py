@@ -398,3 +398,24 @@ def test_purge_asks_for_confirmation_then_deletes(db, cli):
     assert "purged 1 dead letter(s)" in cli("dlq", "purge", str(dead), input="y\n").output
     with orm(db) as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(DeadLetter)) == 0
+
+
+def test_a_dead_letter_keeps_the_time_the_task_failed_not_the_time_it_was_recorded(db_url):
+    from waflow.db import transaction
+
+    body, headers = _broker_copy("t-late", [{}])
+    failed_at = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
+    headers["x-death"][0]["time"] = failed_at
+    record = dlq.failure_record(task="waflow.core.handle_normalized", task_id="t-late", queue="wa.incoming.normalized",
+                                exc=RuntimeError("x"), args=[{}], kwargs={}, retries=3, first_failed_at=None,
+                                traceback_text=None)
+    record["last_failed_at"] = failed_at.isoformat()
+    # The recorder stores them long after (the database was away): both orders give the failure's time.
+    for order in ((json.dumps(record).encode(), {}), (body, headers)), ((body, headers), (json.dumps(record).encode(), {})):
+        with transaction(db_url) as conn:
+            conn.execute(sa.delete(DeadLetter))
+            for b, h in order:
+                dlq.store(conn, dlq.record_from_message(b, h))
+        with orm(db_url) as session:
+            last = session.scalars(sa.select(DeadLetter.last_failed_at)).one()
+        assert (last if last.tzinfo else last.replace(tzinfo=timezone.utc)) == failed_at

@@ -133,7 +133,7 @@ def record_from_message(body: bytes, headers: dict[str, Any] | None) -> dict[str
             "key": str(headers["id"]), "queue": str(death.get("queue") or headers.get("x-first-death-queue") or "?"),
             "task": str(headers["task"]), "task_id": str(headers["id"]), "args": doc[0], "kwargs": doc[1],
             "error_type": None, "error_message": f"the broker dead-lettered the message ({reason})",
-            "retries": headers.get("retries"), "last_failed_at": _iso(time.time()), "source": "broker",
+            "retries": headers.get("retries"), "last_failed_at": _death_time(death), "source": "broker",
             "broker_reason": reason,
         }
     # Something waflow did not write: keep it as it came, never drop it.
@@ -142,6 +142,14 @@ def record_from_message(body: bytes, headers: dict[str, Any] | None) -> dict[str
             "error_type": None, "error_message": "a message waflow does not recognise", "source": "unknown",
             "broker_reason": str(death["reason"]) if death.get("reason") else None, "raw": text,
             "last_failed_at": _iso(time.time())}
+
+
+def _death_time(death: dict[str, Any]) -> str:
+    """When RabbitMQ dead-lettered the message (x-death's time), else now."""
+    when = death.get("time")
+    if isinstance(when, datetime):
+        return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).isoformat()
+    return _iso(time.time())
 
 
 _FILLED_IN = ("task", "task_id", "args", "kwargs", "error_type", "traceback", "detail", "retries", "first_failed_at",
@@ -163,7 +171,9 @@ def store(conn: sa.Connection, values: dict[str, Any]) -> None:
     merge["error_message"] = sa.case((stmt.excluded.source == "handler", stmt.excluded.error_message),
                                      else_=table.c.error_message)
     merge["source"] = sa.case((stmt.excluded.source == "handler", stmt.excluded.source), else_=table.c.source)
-    merge["last_failed_at"] = sa.func.coalesce(stmt.excluded.last_failed_at, table.c.last_failed_at)
+    # The failure handler knows when the task failed; the broker's copy only when it was moved.
+    merge["last_failed_at"] = sa.case((stmt.excluded.source == "handler", stmt.excluded.last_failed_at),
+                                      else_=sa.func.coalesce(table.c.last_failed_at, stmt.excluded.last_failed_at))
     conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_=merge))
 
 
