@@ -127,7 +127,8 @@ def persist_message(conn: sa.Connection, event: NormalizedEvent) -> int | None:
     }).scalar()
 
 
-def _rank(column: Any) -> Any:
+def status_rank(column: Any) -> Any:
+    """A status column's rank (``models.STATUS_RANK``) in SQL; 0 for a status without one."""
     return sa.case(*((column == name, rank) for name, rank in STATUS_RANK.items()), else_=0)
 
 
@@ -151,7 +152,7 @@ def persist_status(conn: sa.Connection, event: NormalizedEvent, following: list 
         # Conditional write: a status only ever replaces a lower-ranked one.
         conn.execute(
             sa.update(Message)
-            .where(Message.wamid == st.wamid, _rank(Message.status) < rank)
+            .where(Message.wamid == st.wamid, status_rank(Message.status) < rank)
             .values(status=st.status, status_at=_at(st.timestamp))
         )
     settled = outbound.reconcile(conn, st.biz_opaque_callback_data, st.wamid)

@@ -59,6 +59,10 @@ SAFETY_MARGIN = 0.02
 # A task may send up to this long after its slot; later, it takes a fresh slot (wait_for_slot),
 # at most FRESH_SLOTS times in a row (a host so loaded that every sleep overruns still sends).
 SLOT_TOLERANCE = 0.010
+# A late send reserves its fresh slot no further ahead than the consumer does (waflow.consumer.LEAD):
+# reserving far ahead would let a pause after Meta's 130429 (which only holds back new reservations)
+# pass over the sends that had reserved beyond it.
+FRESH_SLOT_LEAD = 0.050
 FRESH_SLOTS = 3
 
 # Meta counts inbound messages within its one-second windows: inbound beyond a second's worth
@@ -572,11 +576,11 @@ def wait_for_slot(request: Any, *, store: Store | None = None, clock: Callable[[
         logger.info("limiter: task %s is %.0f ms past its slot; it takes a fresh one",
                     getattr(request, "id", "?"), (now - due) * 1000)
         fresh += 1
-        outcome = (store or default_store()).reserve(slot["phone_number_id"], lead=1.0,
+        outcome = (store or default_store()).reserve(slot["phone_number_id"], lead=FRESH_SLOT_LEAD,
                                                      default_rate=slot.get("rate"))
-        while isinstance(outcome, Wait):  # paused: no slot within a second
+        while isinstance(outcome, Wait):  # the number is busy or paused: ask again when a slot is near
             sleep(outcome.seconds)
             waited += outcome.seconds
-            outcome = (store or default_store()).reserve(slot["phone_number_id"], lead=1.0,
+            outcome = (store or default_store()).reserve(slot["phone_number_id"], lead=FRESH_SLOT_LEAD,
                                                          default_rate=slot.get("rate"))
         due = clock() + outcome.delay
