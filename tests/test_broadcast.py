@@ -125,10 +125,10 @@ def test_cancelling_a_broadcast_stops_everything_not_yet_sent(cli, tmp_path):
     with orm(cli.db) as session:
         first = session.scalars(sa.select(OutboundMessage).order_by(OutboundMessage.id)).first()
         first.status = "accepted"
-        broadcast_id = first.broadcast_id
+        token = session.scalars(sa.select(Broadcast.token)).one()
     result = cli("broadcast-cancel", "stopme")
     assert result.exit_code == 0 and "2 unsent message(s) will not be sent" in result.output
-    assert cli.store.is_cancelled(str(broadcast_id))
+    assert cli.store.is_cancelled(token)
     with orm(cli.db) as session:
         statuses = sorted(session.scalars(sa.select(OutboundMessage.status)))
     assert statuses == ["accepted", "cancelled", "cancelled"]

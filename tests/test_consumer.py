@@ -193,12 +193,24 @@ def test_a_cancelled_broadcast_goes_to_the_pool_at_once_without_a_slot(pacer, ti
     store.cancel_broadcast("b-2")
     pacer.add(FakeRequest("cancelled-on-arrival", lane="broadcast", broadcast_id="b-2"))
     assert released.names()[-1] == "cancelled-on-arrival"
-    assert released[-1].request_dict[limiter.SLOT_KEY] is None
+    unpaced = {"due": None, "phone_number_id": NUMBER, "rate": 80.0}
+    assert released[-1].request_dict[limiter.SLOT_KEY] == unpaced
     store.cancel_broadcast("b-1")
     timer.advance(T80)
     assert len(released) == 21
-    assert [r.request_dict[limiter.SLOT_KEY] for r in released[3:]] == [None] * 18
+    assert [r.request_dict[limiter.SLOT_KEY] for r in released[3:]] == [unpaced] * 18
     assert pacer.pending() == 0
+
+
+def test_a_message_let_through_for_a_cancelled_broadcast_that_sends_after_all_takes_a_real_slot(store, clock):
+    """The limiter's record of cancelled broadcasts and the database can disagree (a stale or reused
+    id): a task that finds its message not cancelled and sends must still be paced."""
+    request = SimpleNamespace(waflow_slot={"due": None, "phone_number_id": NUMBER, "rate": 80.0}, id="t", headers={})
+    for _ in range(5):  # the number is busy: five slots are taken
+        store.reserve(NUMBER, lead=1.0)
+    slept = []
+    limiter.wait_for_slot(request, store=store, clock=clock, sleep=lambda s: (slept.append(s), clock.advance(s)))
+    assert sum(slept) == pytest.approx(5 * T80, abs=0.06)  # it waited for the sixth slot, not sent at once
 
 
 def test_a_store_outage_is_logged_once_rechecked_every_second_and_releases_nothing(pacer, timer, released, store,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -98,14 +99,15 @@ def start(conn: sa.Connection, *, name: str, template: str, language: str, phone
                                  "choose another --name")
         if b.status == "cancelled":
             raise BroadcastError(f"broadcast {name!r} was cancelled; choose another --name to send again")
-        broadcast_id = b.id
+        broadcast_id, token = b.id, b.token
     else:
+        token = uuid.uuid4().hex
         broadcast_id = conn.execute(insert(conn.dialect.name, Broadcast).values(
-            name=name, template=template, language=language, phone_number_id=phone_number_id, total=0,
-            status="running", created_at=datetime.now(timezone.utc)).returning(Broadcast.id)).scalar_one()
+            name=name, token=token, template=template, language=language, phone_number_id=phone_number_id,
+            total=0, status="running", created_at=datetime.now(timezone.utc)).returning(Broadcast.id)).scalar_one()
     for r in recipients:
         outbound.command(conn, key=f"broadcast:{name}:{r.to}", recipient=r.to, lane="broadcast",
-                         phone_number_id=phone_number_id, broadcast_id=broadcast_id,
+                         phone_number_id=phone_number_id, broadcast_id=broadcast_id, broadcast_token=token,
                          message=compose.Template(name=template, language=language, parameters=list(r.parameters)))
     total = conn.execute(sa.select(sa.func.count()).where(OutboundMessage.broadcast_id == broadcast_id)).scalar_one()
     conn.execute(sa.update(Broadcast).where(Broadcast.id == broadcast_id).values(total=total))
@@ -116,6 +118,8 @@ def queue_unqueued(transaction, broadcast_id: int, requeue: bool = False) -> int
     """Queue the send task of every unsent message of the broadcast that was not queued before
     (``requeue``: of every unsent one, e.g. after the queues were purged). Returns how many."""
     queued, last_id = 0, 0
+    with transaction() as conn:
+        token = conn.execute(sa.select(Broadcast.token).where(Broadcast.id == broadcast_id)).scalar_one()
     while True:
         with transaction() as conn:
             query = (sa.select(OutboundMessage.id, OutboundMessage.phone_number_id)
@@ -127,7 +131,7 @@ def queue_unqueued(transaction, broadcast_id: int, requeue: bool = False) -> int
             rows = conn.execute(query).all()
             if not rows:
                 return queued
-            outbound.enqueue([outbound.Queued(r.id, "broadcast", r.phone_number_id, broadcast_id) for r in rows])
+            outbound.enqueue([outbound.Queued(r.id, "broadcast", r.phone_number_id, token) for r in rows])
             conn.execute(sa.update(OutboundMessage).where(OutboundMessage.id.in_([r.id for r in rows]))
                          .values(enqueued_at=datetime.now(timezone.utc)))
             queued, last_id = queued + len(rows), rows[-1].id
@@ -152,13 +156,14 @@ def failures(conn: sa.Connection, broadcast_id: int) -> list[tuple[int | None, s
 def cancel(conn: sa.Connection, name: str, store: limiter.Store | None = None) -> tuple[int, int]:
     """Stop a broadcast: its unsent messages are cancelled (their queued tasks then skip them
     without spending the number's budget). Returns (broadcast id, messages cancelled)."""
-    b = conn.execute(sa.select(Broadcast.id).where(Broadcast.name == name)).scalar()
-    if b is None:
+    found = conn.execute(sa.select(Broadcast.id, Broadcast.token).where(Broadcast.name == name)).first()
+    if found is None:
         raise BroadcastError(f"no broadcast named {name!r}")
+    b, token = found
     now = datetime.now(timezone.utc)
     conn.execute(sa.update(Broadcast).where(Broadcast.id == b).values(status="cancelled", cancelled_at=now))
     cancelled = conn.execute(sa.update(OutboundMessage).where(OutboundMessage.broadcast_id == b,
                                                               OutboundMessage.status == "queued")
                              .values(status="cancelled", updated_at=now)).rowcount
-    (store or limiter.default_store()).cancel_broadcast(str(b))
+    (store or limiter.default_store()).cancel_broadcast(token)
     return b, cancelled

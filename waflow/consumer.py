@@ -173,7 +173,7 @@ class TaskPacer:
         lane = BROADCAST if _header(request, LANE_HEADER) == BROADCAST else REPLY
         with self.pacing.lock:
             if self._cancelled(request):
-                self._release(request, None)
+                self._release(request, self._unpaced(number))
                 return
             bucket = self.buckets.get(number)
             if bucket is None:
@@ -237,10 +237,16 @@ class TaskPacer:
         kept: deque = deque()
         for request in lane:
             if self._cancelled(request):
-                self._release(request, None)
+                self._release(request, self._unpaced(bucket.phone_number_id))
             else:
                 kept.append(request)
         bucket.lanes[BROADCAST] = kept
+
+    def _unpaced(self, number: str) -> dict[str, Any]:
+        """The slot of a request let through without one (its broadcast is cancelled): the task is
+        expected to skip it, and if it sends after all (the message was not cancelled),
+        ``limiter.wait_for_slot`` takes a real slot first. Nothing leaves unpaced."""
+        return {"due": None, "phone_number_id": number, "rate": self.default_rate}
 
     def _release(self, request: Any, slot: dict[str, Any] | None) -> None:
         # Always set: a redelivered or retried message may carry a stale slot in its headers.

@@ -564,7 +564,8 @@ def wait_for_slot(request: Any, *, store: Store | None = None, clock: Callable[[
     setattr(request, SLOT_KEY, None)
     if isinstance(getattr(request, "headers", None), dict):
         request.headers.pop(SLOT_KEY, None)
-    due, waited, fresh = slot["due"], 0.0, 0
+    # No due time: the consumer let it through without a slot (a cancelled broadcast), yet it sends.
+    due, waited, fresh = (slot["due"] if slot.get("due") is not None else -math.inf), 0.0, 0
     while True:
         now = clock()
         if now < due:
@@ -573,8 +574,8 @@ def wait_for_slot(request: Any, *, store: Store | None = None, clock: Callable[[
             continue
         if now - due <= SLOT_TOLERANCE or fresh == FRESH_SLOTS:
             return waited
-        logger.info("limiter: task %s is %.0f ms past its slot; it takes a fresh one",
-                    getattr(request, "id", "?"), (now - due) * 1000)
+        logger.info("limiter: task %s is %s its slot; it takes a fresh one", getattr(request, "id", "?"),
+                    "without" if due == -math.inf else f"{(now - due) * 1000:.0f} ms past")
         fresh += 1
         outcome = (store or default_store()).reserve(slot["phone_number_id"], lead=FRESH_SLOT_LEAD,
                                                      default_rate=slot.get("rate"))

@@ -228,6 +228,9 @@ class Broadcast(Base):
 
     id: Mapped[intpk]
     name: Mapped[str] = mapped_column(sa.Text, unique=True)
+    # Unique for good (a uuid), unlike the row id, which a recreated database hands out again: the
+    # send limiter's record of cancelled broadcasts outlives any database (waflow.limiter).
+    token: Mapped[str] = mapped_column(sa.Text, unique=True)
     template: Mapped[str] = mapped_column(sa.Text)
     language: Mapped[str] = mapped_column(sa.Text)
     phone_number_id: Mapped[str] = mapped_column(sa.Text)

@@ -39,7 +39,7 @@ from waflow import compose, dlq, limiter, queues, whatsapp
 from waflow.config import settings
 from waflow.db import insert, transaction
 from waflow.events import ContactInfo
-from waflow.models import Contact, Conversation, Message, MessageStatus, OutboundMessage
+from waflow.models import Broadcast, Contact, Conversation, Message, MessageStatus, OutboundMessage
 from waflow.tasks import MAX_COUNTDOWN, TransientError, stage_task
 from waflow.whatsapp import Answer, Client, Outcome
 
@@ -73,11 +73,13 @@ class Queued:
     id: int
     lane: str
     phone_number_id: str
-    broadcast_id: int | None = None
+    # The broadcast's token (``Broadcast.token``): the paced consumer skips the slot of a cancelled one.
+    broadcast: str | None = None
 
 
 def command(conn: sa.Connection, *, key: str, recipient: str, message: Any, lane: str = "reply",
-            phone_number_id: str | None = None, broadcast_id: int | None = None) -> tuple[Queued, bool]:
+            phone_number_id: str | None = None, broadcast_id: int | None = None,
+            broadcast_token: str | None = None) -> tuple[Queued, bool]:
     """Store a message to send under ``key``; return it and whether it is new (False: the same
     key was commanded before, and nothing changes). Queue it with ``enqueue`` after the commit."""
     if lane not in LANES:
@@ -93,18 +95,18 @@ def command(conn: sa.Connection, *, key: str, recipient: str, message: Any, lane
         created_at=now, updated_at=now,
     ).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(OutboundMessage.id)).scalar()
     if new_id is not None:
-        return Queued(new_id, lane, number, broadcast_id), True
-    row = conn.execute(sa.select(OutboundMessage.id, OutboundMessage.lane, OutboundMessage.phone_number_id,
-                                 OutboundMessage.broadcast_id).where(OutboundMessage.idempotency_key == key)).one()
-    return Queued(row.id, row.lane, row.phone_number_id, row.broadcast_id), False
+        return Queued(new_id, lane, number, broadcast_token), True
+    row = conn.execute(sa.select(OutboundMessage.id, OutboundMessage.lane, OutboundMessage.phone_number_id)
+                       .where(OutboundMessage.idempotency_key == key)).one()
+    return Queued(row.id, row.lane, row.phone_number_id, broadcast_token), False
 
 
 def enqueue(messages: list[Queued], countdown: float | None = None, retries: int = 0) -> None:
     """Queue the send task of each message on its lane, with what the paced consumer reads."""
     for m in messages:
         headers = {"lane": m.lane, "phone_number_id": m.phone_number_id}
-        if m.broadcast_id is not None:
-            headers["broadcast_id"] = str(m.broadcast_id)
+        if m.broadcast is not None:
+            headers["broadcast_id"] = m.broadcast
         send_message.apply_async((m.id,), queue=LANES[m.lane], headers=headers, countdown=countdown,
                                  retries=retries)
 
@@ -140,7 +142,8 @@ class Defer:
 # The send path's statements, on the Core table, built once: at hundreds of sends a second, building
 # ORM-level statements per call cost more CPU than running them (measured with py-spy).
 _C = OUTBOUND.c
-_NEXT = (sa.select(_C.id, _C.lane, _C.parked, _C.broadcast_id)
+_NEXT = (sa.select(_C.id, _C.lane, _C.parked, Broadcast.token)
+         .outerjoin(Broadcast, Broadcast.id == _C.broadcast_id)
          .where(_C.phone_number_id == sa.bindparam("number"), _C.recipient == sa.bindparam("to"),
                 _C.id > sa.bindparam("after"), _C.status == "queued")
          .order_by(_C.id).limit(1))
@@ -172,7 +175,7 @@ def _following(conn: sa.Connection, row: Any) -> list[Queued]:
     if nxt is None or not nxt.parked:
         return []
     _set(conn, nxt.id, parked=False)
-    return [Queued(nxt.id, nxt.lane, row.phone_number_id, nxt.broadcast_id)]
+    return [Queued(nxt.id, nxt.lane, row.phone_number_id, nxt.token)]
 
 
 def window_open(conn: sa.Connection, phone_number_id: str, recipient: str, now: datetime) -> bool:
@@ -354,7 +357,8 @@ def resolve(conn: sa.Connection, outbound_id: int, *, wamid: str | None = None, 
         _set(conn, row.id, status="failed", error_title=f"marked failed by {by} after a send in doubt")
         return []
     _set(conn, row.id, status="queued", parked=False, claimed_by=None, claimed_at=None)
-    return [Queued(row.id, row.lane, row.phone_number_id, row.broadcast_id)] if resend else []
+    token = conn.execute(sa.select(Broadcast.token).where(Broadcast.id == row.broadcast_id)).scalar()
+    return [Queued(row.id, row.lane, row.phone_number_id, token)] if resend else []
 
 
 def reopen(conn: sa.Connection, args: list[Any], _kwargs: dict[str, Any]) -> None:
@@ -410,7 +414,7 @@ def _again(request: Any, outbound_id: int, seconds: float, retries: int) -> None
     lane = headers.get("lane", "reply")
     queued = Queued(outbound_id, lane if lane in LANES else "reply",
                     headers.get("phone_number_id") or settings.phone_number_id,
-                    int(headers["broadcast_id"]) if headers.get("broadcast_id") else None)
+                    headers.get("broadcast_id"))
     enqueue([queued], countdown=min(MAX_COUNTDOWN, seconds) or None, retries=retries)
 
 

@@ -24,6 +24,7 @@ def upgrade() -> None:
     op.create_table('broadcasts',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('name', sa.Text(), nullable=False),
+    sa.Column('token', sa.Text(), nullable=False),
     sa.Column('template', sa.Text(), nullable=False),
     sa.Column('language', sa.Text(), nullable=False),
     sa.Column('phone_number_id', sa.Text(), nullable=False),
@@ -32,7 +33,8 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('cancelled_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('name')
+    sa.UniqueConstraint('name'),
+    sa.UniqueConstraint('token')
     )
     op.create_table('outbound_messages',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
