@@ -395,6 +395,7 @@ def deliver(outbound_id: int, request: Any, retries: int, max_retries: int) -> s
     limiter.wait_for_slot(request)
     answer = client().send(step.phone_number_id, step.body)
     with transaction() as conn:
+        _relaxed_commit(conn)
         settled = settle(conn, step, answer, last_attempt=retries >= max_retries)
     if settled.pause_number:
         store.pause(step.phone_number_id, settled.pause_number)
@@ -406,6 +407,18 @@ def deliver(outbound_id: int, request: Any, retries: int, max_retries: int) -> s
     logger.log(logging.WARNING if settled.status != "accepted" else logging.DEBUG,
                "send_message: outbound %s %s (%s)", outbound_id, settled.status, answer.reason)
     return settled.status
+
+
+def _relaxed_commit(conn: sa.Connection) -> None:
+    """Let this transaction's commit return before its WAL record is flushed (PostgreSQL only).
+
+    Only for recording Meta's answer: the mark that matters for "never twice", ``sending``, was
+    committed durably before the call. Should PostgreSQL crash in the few milliseconds before the
+    flush, the message is found ``sending`` and left in doubt (settled by its status webhook), never
+    sent again. In exchange a sender's commits stop queueing behind the WAL flushes of the inbound
+    stages' commits on the same server (one fsync per send instead of two)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
 
 
 def _again(request: Any, outbound_id: int, seconds: float, retries: int) -> None:
