@@ -146,7 +146,7 @@ def pacing_run(bench: Bench, consumer: str, senders: int, rate: int, args: argpa
     # Poll the cheap count, not the list of sends: serving a growing list costs the simulator (which
     # shares the 2 cores) more CPU than the sends themselves.
     while time.time() - ready < timeout:
-        if bench.control("GET", "stats")["accepted"] >= args.sends:
+        if bench.control("GET", "stats?brief=1")["accepted"] >= args.sends:
             break
         time.sleep(0.5)
     cpu = {k: sum(common.group_cpu_seconds(p) for p in pids) - cpu_before[k] for k, pids in watched.items()}

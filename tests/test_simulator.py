@@ -855,3 +855,10 @@ def test_the_start_command_serves_the_simulator_with_one_gunicorn_worker(tmp_pat
             proc.kill()
             proc.wait(timeout=5)
     assert TOKEN not in log.read_text()
+
+
+def test_brief_stats_count_without_walking_every_record(make):
+    client = make(rate=1000, pair_limit=False).test_client()
+    brief = client.get("/_sim/stats?brief=1").get_json()
+    assert "max_in_any_second" not in brief and brief["accepted"] == 0 and brief["refused_total"] == 0
+    assert "max_in_any_second" in client.get("/_sim/stats").get_json()

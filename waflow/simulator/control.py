@@ -62,7 +62,7 @@ def reads() -> Response:
 def stats() -> Response:
     """Counts, refusals per code, the busiest 1-s window per number, webhook and fault counters."""
     sim = _sim()
-    doc = sim.ledger.stats()
+    doc = sim.ledger.stats(brief=request.args.get("brief") in ("1", "true"))
     doc["webhooks"] = {**sim.poster.counts, "pending": sim.poster.pending()}
     doc["faults"] = {"pending": sum(f.count for f in sim.faults.pending()), "used": sim.faults.used}
     doc["clock"] = "unix seconds (time.time()) unless a test injected another clock"

@@ -161,12 +161,16 @@ class Ledger:
                 break
         return found
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, brief: bool = False) -> dict[str, Any]:
+        """Counts; unless ``brief``, also the busiest 1-s window per number, which walks every record
+        (a poller should ask for ``brief``: the walk holds the GIL that admitting sends needs)."""
         with self.lock:
-            sends = list(self.sends)
-            counts = {"accepted": self.accepted, "recorded": len(sends), "reads": len(self.reads),
+            sends = list(self.sends) if not brief else []
+            counts = {"accepted": self.accepted, "recorded": len(self.sends), "reads": len(self.reads),
                       "refused": {str(code): n for code, n in sorted(self.refused.items())},
                       "refused_total": sum(self.refused.values())}
+        if brief:
+            return counts
         times: dict[str, list[float]] = {}
         for send in sends:
             times.setdefault(send.phone_number_id, []).append(send.accepted_at)
