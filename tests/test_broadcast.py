@@ -163,8 +163,14 @@ def test_send_queues_a_reply_and_refuses_a_bad_one_with_its_reason(cli):
     assert ok.exit_code == 0 and "queued" in ok.output
     [(args, kw)] = cli.queued
     assert kw["queue"] == "wa.outgoing.command" and kw["headers"]["lane"] == "reply"
+    # The same key again while it is still unsent: one message, queued again (a lost publish made good).
     again = cli("send", "15550100019", "Your hearing is on Monday.", "--wait", "0", "--key", "k-1")
-    assert "was already commanded under that key" in again.output and len(cli.queued) == 1
+    assert "was already commanded under that key (queued)" in again.output
+    assert [args for args, _ in cli.queued] == [args, args]
+    with orm(cli.db) as session:
+        session.execute(sa.update(OutboundMessage).values(status="accepted"))
+    once_sent = cli("send", "15550100019", "Your hearing is on Monday.", "--wait", "0", "--key", "k-1")
+    assert "(accepted)" in once_sent.output and len(cli.queued) == 2  # sent: never queued again
     bad = cli("send", "15550100019", "x" * 4097, "--wait", "0")
     assert bad.exit_code == 1 and "not sent: body: String should have at most 4096 characters" in bad.output
 

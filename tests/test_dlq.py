@@ -419,3 +419,22 @@ def test_a_dead_letter_keeps_the_time_the_task_failed_not_the_time_it_was_record
         with orm(db_url) as session:
             last = session.scalars(sa.select(DeadLetter.last_failed_at)).one()
         assert (last if last.tzinfo else last.replace(tzinfo=timezone.utc)) == failed_at
+
+
+def test_a_dead_letter_the_database_refuses_as_it_came_is_kept_escaped_not_looped(db_url):
+    """PostgreSQL's JSONB refuses a NUL (a signed body that is not a webhook can hold one): the
+    recorder stores the message escaped instead of crashing on it again and again."""
+    record = dlq.input_record(task="waflow.ingestor.ingest_raw", task_id="t-nul", queue="wa.incoming.raw",
+                              reason="body is not JSON", error_type="NotAWebhook", args=["a\x00b", 1.0],
+                              received_at=1.0)
+    acked = []
+    message = type("Message", (), {"body": json.dumps(record).encode(), "headers": {},
+                                   "ack": lambda self: acked.append(1)})()
+    with dlq.recorder_connection() as conn:
+        dlq.Recorder(conn, timedelta(days=30), database_url=db_url).on_message(message)
+    assert acked == [1]
+    with orm(db_url) as session:
+        row = session.scalars(sa.select(DeadLetter)).one()
+    assert row.key == "t-nul:" and row.error_type == "NotAWebhook"
+    if db_url.startswith("postgresql"):
+        assert row.source == "unstorable" and "\\u0000" in row.raw and row.args is None

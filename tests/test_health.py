@@ -48,7 +48,8 @@ def test_readyz_is_ready_when_the_broker_takes_publishes(make_client):
 def test_readyz_is_not_ready_when_the_broker_does_not_take_publishes(make_client):
     response = make_client(RecordingPublisher(error=PublishError("broker unavailable: refused"))).get("/readyz")
     assert response.status_code == 503
-    assert response.json["ready"] is False and "refused" in response.json["broker"]
+    # The reason goes to the log, not to an unauthenticated answer.
+    assert response.json == {"ready": False, "broker": "unavailable", "database": "ok"}
 
 
 def test_a_database_outage_never_takes_the_webhook_out_of_the_load_balancer(make_client):
@@ -57,9 +58,9 @@ def test_a_database_outage_never_takes_the_webhook_out_of_the_load_balancer(make
     ready = client.get("/readyz")
     assert time.monotonic() - started < 2
     assert ready.status_code == 200
-    assert ready.json["ready"] is True and ready.json["database"].startswith("unreachable")
+    assert ready.json == {"ready": True, "broker": "ok", "database": "unreachable"}
     database = client.get("/readyz/database")
-    assert database.status_code == 503 and database.json["database"].startswith("unreachable")
+    assert database.status_code == 503 and database.json == {"database": "unreachable"}
 
 
 def test_readyz_answers_from_a_cache_between_checks(make_client):

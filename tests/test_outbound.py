@@ -270,11 +270,17 @@ def test_throughput_130429_pauses_the_number_and_puts_the_message_back_without_s
 
 
 def test_pair_limit_131056_waits_four_to_the_x_seconds_for_that_recipient(stage):
+    import time
+
     wrote_recently(stage.db, "15550002005")
     oid = command(stage.db, "15550002005", {"kind": "text", "body": "again"})
     fault(stage, code=131056, count=2)
     send(oid)
-    send(oid)
+    # That recipient waits (other recipients do not): the message's next try is put off too.
+    assert stage.store.pair_reserve(NUMBER, "15550002005") > 0.5
+    assert stage.store.pair_reserve(NUMBER, "15550002099") == 0
+    time.sleep(1.05)
+    send(oid)  # refused again once the wait is over: 4 s this time
     assert [kw["countdown"] for _, kw in stage.queued] == [pytest.approx(1.0), pytest.approx(4.0)]
     assert [kw["retries"] for _, kw in stage.queued] == [0, 0]
     assert row(stage.db, oid).pair_attempts == 2
@@ -393,3 +399,136 @@ def test_a_dead_lettered_send_replayed_is_queued_again(stage):
     with transaction(stage.db) as conn:
         outbound.reopen(conn, [oid], {})
     assert send(oid) == "accepted"
+
+
+# --- races and half-finished attempts (a second review's findings) -----------------------------------------------
+
+
+def test_metas_late_answer_never_overwrites_an_acceptance_a_status_webhook_recorded(stage):
+    """Meta accepts, its answer is lost, the "sent" webhook settles the message; then the sender's
+    read timeout must not turn it back into "in doubt" (a person would be asked to resend it)."""
+    from waflow.core import persist_event
+
+    wrote_recently(stage.db, "15550005001")
+    oid = command(stage.db, "15550005001", {"kind": "text", "body": "once"})
+    with transaction(stage.db) as conn:
+        claimed = outbound.claim(conn, oid, stage.store, "task-1")
+    with transaction(stage.db) as conn:
+        persist_event(conn, _status_event("wamid.WEBHOOK-FIRST", "sent", f"waflow:{oid}", "15550005001"))
+    lost = whatsapp.Answer(whatsapp.Outcome.UNKNOWN_OUTCOME, title="no answer within 15s")
+    with transaction(stage.db) as conn:
+        assert outbound.settle(conn, claimed, lost, last_attempt=False).status == "settled meanwhile"
+    assert (row(stage.db, oid).status, row(stage.db, oid).wamid) == ("accepted", "wamid.WEBHOOK-FIRST")
+
+
+def test_a_status_webhook_for_a_send_being_retried_settles_it_and_the_retry_sends_nothing(stage):
+    from waflow.core import persist_event
+
+    wrote_recently(stage.db, "15550005002")
+    oid = command(stage.db, "15550005002", {"kind": "text", "body": "took it after all"})
+    fault(stage, status=502)  # a 5xx that hid an acceptance
+    with pytest.raises(TransientError):
+        send(oid)
+    with transaction(stage.db) as conn:
+        persist_event(conn, _status_event("wamid.HIDDEN", "delivered", f"waflow:{oid}", "15550005002"))
+    assert send(oid, retries=1) == "already accepted"
+    assert stage.meta.sends(to="15550005002") == []
+
+
+def test_a_lost_wake_up_is_made_good_by_the_next_look_at_the_settled_message(stage):
+    wrote_recently(stage.db, "15550005003")
+    first = command(stage.db, "15550005003", {"kind": "text", "body": "one"})
+    second = command(stage.db, "15550005003", {"kind": "text", "body": "two"})
+    send(second)  # parks behind the first
+    assert send(first) == "accepted"
+    stage.queued.clear()  # the wake-up's publish was lost (the worker died after its commit)
+    assert send(first) == "already accepted"  # the redelivered task of the first...
+    assert [args for args, _ in stage.queued] == [(second,)]  # ...wakes the second again
+    assert send(second) == "accepted"
+    assert not row(stage.db, second).parked
+
+
+def test_a_limiter_outage_before_the_call_hands_the_message_back_instead_of_leaving_it_in_doubt(stage, monkeypatch):
+    wrote_recently(stage.db, "15550005004")
+    oid = command(stage.db, "15550005004", {"kind": "text", "body": "wait for Redis"})
+
+    def unreachable(request, **_):
+        raise limiter.LimiterUnavailable("redis: connection refused")
+
+    waiting = limiter.wait_for_slot
+    monkeypatch.setattr(limiter, "wait_for_slot", unreachable)
+    with pytest.raises(TransientError, match="no send slot"):
+        send(oid)
+    assert row(stage.db, oid).status == "queued" and stage.meta.sends(to="15550005004") == []
+    monkeypatch.setattr(limiter, "wait_for_slot", waiting)
+    assert send(oid, retries=1) == "accepted"
+
+
+def test_a_replayed_send_goes_again_only_if_it_failed_and_keeps_its_lane(stage):
+    from waflow import dlq
+
+    wrote_recently(stage.db, "15550005005")
+    oid = command(stage.db, "15550005005", {"kind": "text", "body": "replay me"})
+    assert send(oid) == "accepted"
+    with transaction(stage.db) as conn, pytest.raises(dlq.NotReplayable, match="is accepted"):
+        outbound.reopen(conn, [oid], {})
+    with transaction(stage.db) as conn:  # dead-lettered mid-call
+        conn.execute(sa.update(OutboundMessage).where(OutboundMessage.id == oid).values(status="sending"))
+    with transaction(stage.db) as conn:
+        assert "now in doubt" in outbound.reopen(conn, [oid], {})["skip"]
+    assert row(stage.db, oid).status == "in_doubt"
+    with transaction(stage.db) as conn:
+        conn.execute(sa.update(OutboundMessage).where(OutboundMessage.id == oid).values(status="failed"))
+        publish_as = outbound.reopen(conn, [oid], {})
+    assert publish_as == {"queue": "wa.outgoing.command",
+                          "headers": {"lane": "reply", "phone_number_id": NUMBER}}
+    assert row(stage.db, oid).status == "queued"
+
+
+def test_an_unreadable_answer_after_the_request_went_out_is_in_doubt(stage, monkeypatch):
+    import requests
+
+    wrote_recently(stage.db, "15550005006")
+    oid = command(stage.db, "15550005006", {"kind": "text", "body": "truncated"})
+
+    def truncated(*_a, **_k):
+        raise requests.exceptions.ChunkedEncodingError("Connection broken: IncompleteRead")
+
+    monkeypatch.setattr(outbound._client.session, "post", truncated)
+    assert send(oid) == "in_doubt"
+
+
+def test_a_200_without_a_message_id_is_in_doubt_not_retried():
+    import requests
+
+    response = requests.Response()
+    response.status_code, response._content = 200, b'{"messaging_product": "whatsapp"}'
+    assert whatsapp.read_answer(response).outcome is whatsapp.Outcome.UNKNOWN_OUTCOME
+
+
+def test_a_message_put_back_after_its_broadcast_was_cancelled_is_not_sent(stage):
+    from waflow import broadcast
+
+    with transaction(stage.db) as conn:
+        bid = broadcast.start(conn, name="b-cancel", template="hello_world", language="en_US",
+                              phone_number_id=NUMBER, recipients=[broadcast.Recipient(1, "15550005007", ())])
+    oid = row_id_for(stage.db, "15550005007")
+    reply = command(stage.db, "15550005007", {"kind": "template", "name": "hello_world"}, key="reply-after")
+    assert send(reply).startswith("waiting for outbound")  # a reply parked behind the broadcast message
+    with transaction(stage.db) as conn:
+        claimed = outbound.claim(conn, oid, stage.store, "t")  # in flight when the cancel comes
+    with transaction(stage.db) as conn:
+        cancelled, waiting = broadcast.cancel(conn, "b-cancel", stage.store)
+    assert cancelled == 0  # it was sending
+    refused = whatsapp.Answer(whatsapp.Outcome.THROUGHPUT, code=130429)
+    with transaction(stage.db) as conn:
+        outbound.settle(conn, claimed, refused, last_attempt=False)  # put back, queued again
+    assert send(oid) == "broadcast cancelled"
+    assert row(stage.db, oid).status == "cancelled"
+    assert send(reply) == "accepted"  # the reply behind it goes
+    assert bid
+
+
+def row_id_for(db: str, recipient: str) -> int:
+    with orm(db) as session:
+        return session.scalars(sa.select(OutboundMessage.id).where(OutboundMessage.recipient == recipient)).first()

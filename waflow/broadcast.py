@@ -153,9 +153,11 @@ def failures(conn: sa.Connection, broadcast_id: int) -> list[tuple[int | None, s
     return [(code, title, n) for code, title, n in rows]
 
 
-def cancel(conn: sa.Connection, name: str, store: limiter.Store | None = None) -> tuple[int, int]:
-    """Stop a broadcast: its unsent messages are cancelled (their queued tasks then skip them
-    without spending the number's budget). Returns (broadcast id, messages cancelled)."""
+def cancel(conn: sa.Connection, name: str, store: limiter.Store | None = None) -> tuple[int, list[outbound.Queued]]:
+    """Stop a broadcast: its unsent messages are cancelled (their queued tasks then skip them without
+    spending the number's budget, and one put back after this is cancelled when it comes round).
+    Returns how many were cancelled, and the messages to queue after the commit: any reply that was
+    parked behind one of them."""
     found = conn.execute(sa.select(Broadcast.id, Broadcast.token).where(Broadcast.name == name)).first()
     if found is None:
         raise BroadcastError(f"no broadcast named {name!r}")
@@ -164,6 +166,13 @@ def cancel(conn: sa.Connection, name: str, store: limiter.Store | None = None) -
     conn.execute(sa.update(Broadcast).where(Broadcast.id == b).values(status="cancelled", cancelled_at=now))
     cancelled = conn.execute(sa.update(OutboundMessage).where(OutboundMessage.broadcast_id == b,
                                                               OutboundMessage.status == "queued")
-                             .values(status="cancelled", updated_at=now)).rowcount
+                             .values(status="cancelled", updated_at=now)
+                             .returning(OutboundMessage.phone_number_id, OutboundMessage.recipient)).all()
     (store or limiter.default_store()).cancel_broadcast(token)
-    return b, cancelled
+    waiting = []
+    for number, recipient in set(cancelled):
+        parked = conn.execute(sa.select(OutboundMessage.id, OutboundMessage.lane).where(
+            OutboundMessage.phone_number_id == number, OutboundMessage.recipient == recipient,
+            OutboundMessage.status == "queued", OutboundMessage.parked.is_(True))).all()
+        waiting += [outbound.Queued(p.id, p.lane, number) for p in parked]
+    return len(cancelled), waiting

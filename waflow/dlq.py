@@ -152,6 +152,17 @@ def _death_time(death: dict[str, Any]) -> str:
     return _iso(time.time())
 
 
+def unstorable(body: bytes, values: dict[str, Any], exc: Exception) -> dict[str, Any]:
+    """A row for a dead-letter message the database refused as it came: its text escaped (NULs and
+    all), no JSON columns, the reason why."""
+    text = body.decode("utf-8", "backslashreplace") if isinstance(body, bytes) else str(body)
+    return {"key": values["key"], "queue": values.get("queue") or "?", "task": values.get("task"),
+            "task_id": values.get("task_id"), "error_type": values.get("error_type"),
+            "error_message": f"stored escaped: the database refused it as it came ({type(exc).__name__})",
+            "source": "unstorable", "raw": text.replace("\x00", "\\x00"),
+            "last_failed_at": values.get("last_failed_at")}
+
+
 _FILLED_IN = ("task", "task_id", "args", "kwargs", "error_type", "traceback", "detail", "retries", "first_failed_at",
               "received_at", "broker_reason", "raw")
 
@@ -224,6 +235,14 @@ class Recorder(ConsumerMixin):
                 time.sleep(wait)
                 wait = min(self.MAX_BACKOFF, wait * 2)
                 continue
+            except sa.exc.SQLAlchemyError as exc:
+                if values.get("source") == "unstorable":
+                    raise  # even the escaped form is refused: stop, loudly, with the message kept
+                # The database refuses it as it came (a NUL, JSON it will not take): keep it escaped.
+                logger.error("dlq recorder: %s refused as it came (%s); kept escaped", values["key"],
+                             type(exc).__name__)
+                values = unstorable(message.body, values, exc)
+                continue
             message.ack()
             self.recorded += 1
             logger.info("dlq recorder: recorded %s from %s (%s)", values["key"], values["queue"], values["source"])
@@ -250,8 +269,10 @@ def recorder_connection() -> Connection:
 # --- tooling ---------------------------------------------------------------------------------------------------
 
 # Replaying some tasks must first reopen their own state (an outbound message marked failed when
-# its retries ran out); stages register that here, keyed by task name.
-REPLAY_HOOKS: dict[str, Callable[[sa.Connection, list[Any], dict[str, Any]], None]] = {}
+# its retries ran out). A hook may refuse (NotReplayable: nothing changes), settle the dead letter
+# another way ({"skip": reason}: its changes are kept, nothing is published), or say how to publish
+# the replay ({"queue": ..., "headers": ...}); stages register hooks here, keyed by task name.
+REPLAY_HOOKS: dict[str, Callable[[sa.Connection, list[Any], dict[str, Any]], dict[str, Any] | None]] = {}
 
 
 def find(conn: sa.Connection, *, queue: str | None = None, error_type: str | None = None,
@@ -279,9 +300,10 @@ class NotReplayable(ValueError):
     """This dead letter names no waflow task to send again; the message says why."""
 
 
-def replay(conn: sa.Connection, dead_letter: Any, by: str) -> str:
+def replay(conn: sa.Connection, dead_letter: Any, by: str) -> str | None:
     """Send a dead letter's task back to its original queue with a fresh retry budget; record
-    the replay; return the new task id. The caller commits."""
+    the replay; return the new task id, or None when its stage settled it another way (logged).
+    The caller commits."""
     if dead_letter.task and dead_letter.task not in celery_app.tasks:
         celery_app.loader.import_default_modules()  # a command-line process has not loaded the stages yet
     if not dead_letter.task or dead_letter.task not in celery_app.tasks or dead_letter.args is None:
@@ -290,17 +312,20 @@ def replay(conn: sa.Connection, dead_letter: Any, by: str) -> str:
         raise NotReplayable(f"dead letter {dead_letter.id} came from {dead_letter.queue!r}, not a waflow queue")
     args, kwargs = list(dead_letter.args), dict(dead_letter.kwargs or {})
     hook = REPLAY_HOOKS.get(dead_letter.task)
-    if hook is not None:
-        hook(conn, args, kwargs)
+    publish_as = (hook(conn, args, kwargs) if hook is not None else None) or {}
+    if publish_as.get("skip"):
+        logger.warning("dlq: dead letter %s not replayed: %s", dead_letter.id, publish_as["skip"])
+        return None
+    queue = publish_as.get("queue", dead_letter.queue)
     task_id = str(uuid.uuid4())
     conn.execute(sa.insert(DeadLetterReplay).values(dead_letter_id=dead_letter.id, task_id=task_id,
-                                                    queue=dead_letter.queue, replayed_by=by))
+                                                    queue=queue, replayed_by=by))
     conn.execute(sa.update(DeadLetter).where(DeadLetter.id == dead_letter.id)
                  .values(status="replayed", replay_count=DeadLetter.replay_count + 1))
     # Published before the commit: a replay that could not be sent is not recorded as done.
-    celery_app.send_task(dead_letter.task, args=args, kwargs=kwargs, task_id=task_id, queue=dead_letter.queue,
+    celery_app.send_task(dead_letter.task, args=args, kwargs=kwargs, task_id=task_id, queue=queue,
                          argsrepr=describe_args(args), kwargsrepr="{}",
-                         headers={"waflow_replay_of": dead_letter.id})
+                         headers={**publish_as.get("headers", {}), "waflow_replay_of": dead_letter.id})
     logger.info("dlq: replayed dead letter %s as %s[%s] by %s", dead_letter.id, dead_letter.task, task_id, by)
     return task_id
 

@@ -55,7 +55,9 @@ def _broker_check() -> str | None:
     try:
         current_app.extensions["waflow.publisher"].ready()
     except PublishError as exc:
-        return str(exc)
+        # The reason goes to the log; the unauthenticated answer only says "unavailable".
+        logger.warning("readyz: broker not ready: %s", exc)
+        return "unavailable"
     return None
 
 
@@ -72,7 +74,8 @@ def _database_check(url: str) -> Callable[[], str | None]:
             with engine.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
         except sa.exc.SQLAlchemyError as exc:
-            return f"unreachable ({type(exc.orig or exc).__name__})"
+            logger.warning("readyz: database unreachable: %s", type(exc.orig or exc).__name__)
+            return "unreachable"
         return None
 
     return check
@@ -98,8 +101,6 @@ def readyz() -> tuple[Response, int]:
     """Ready when the broker takes publishes; the database is reported, never decisive."""
     broker, database = (c.get() for c in _checks())
     body = {"ready": broker is None, "broker": broker or "ok", "database": database or "ok"}
-    if broker is not None:
-        logger.warning("readyz: not ready: broker %s", broker)
     return jsonify(body), 200 if broker is None else 503
 
 

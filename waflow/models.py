@@ -180,7 +180,8 @@ class DeadLetter(Base):
     last_failed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     received_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     # handler: the failure handler's record; broker: RabbitMQ dead-lettered the message itself
-    # (broker_reason: rejected, delivery_limit, ...); unknown: a message waflow did not write.
+    # (broker_reason: rejected, delivery_limit, ...); unknown: a message waflow did not write;
+    # unstorable: one the database refused as it came, kept escaped in `raw`.
     source: Mapped[str] = mapped_column(sa.Text)
     broker_reason: Mapped[str | None] = mapped_column(sa.Text)
     raw: Mapped[str | None] = mapped_column(sa.Text)

@@ -58,9 +58,9 @@ MAINTENANCE_WAIT = 60.0
 PAIR_WAIT_CAP = min(64.0, MAX_COUNTDOWN)
 # A message that cannot go yet (pair pacing) is looked at again no sooner than this.
 MIN_DEFER = 0.5
-# A call to Meta ends within the client's timeouts; a message `sending` for longer than this was
-# left by a sender that died mid-call.
-CALL_LEASE = timedelta(seconds=whatsapp.CONNECT_TIMEOUT + whatsapp.READ_TIMEOUT + 10)
+# A send ends within the longest wait for its slot (a 131057 pause) plus the client's timeouts; a
+# message `sending` for longer than this was left by a sender that died mid-call.
+CALL_LEASE = timedelta(seconds=MAINTENANCE_WAIT + whatsapp.CONNECT_TIMEOUT + whatsapp.READ_TIMEOUT + 10)
 
 
 # --- commands --------------------------------------------------------------------------------------------------
@@ -101,13 +101,18 @@ def command(conn: sa.Connection, *, key: str, recipient: str, message: Any, lane
     return Queued(row.id, row.lane, row.phone_number_id, broadcast_token), False
 
 
+def _headers(m: Queued) -> dict[str, str]:
+    """What the paced consumer reads of a send message (``waflow.consumer``)."""
+    headers = {"lane": m.lane, "phone_number_id": m.phone_number_id}
+    if m.broadcast is not None:
+        headers["broadcast_id"] = m.broadcast
+    return headers
+
+
 def enqueue(messages: list[Queued], countdown: float | None = None, retries: int = 0) -> None:
     """Queue the send task of each message on its lane, with what the paced consumer reads."""
     for m in messages:
-        headers = {"lane": m.lane, "phone_number_id": m.phone_number_id}
-        if m.broadcast is not None:
-            headers["broadcast_id"] = m.broadcast
-        send_message.apply_async((m.id,), queue=LANES[m.lane], headers=headers, countdown=countdown,
+        send_message.apply_async((m.id,), queue=LANES[m.lane], headers=_headers(m), countdown=countdown,
                                  retries=retries)
 
 
@@ -118,6 +123,7 @@ def enqueue(messages: list[Queued], countdown: float | None = None, retries: int
 class Claimed:
     row: Any  # the message as claim() read it
     body: dict[str, Any]
+    task_id: str | None = None  # the task run that holds it `sending`
 
     @property
     def id(self) -> int:
@@ -151,30 +157,48 @@ _EARLIER = (sa.select(_C.id)
             .where(_C.phone_number_id == sa.bindparam("number"), _C.recipient == sa.bindparam("to"),
                    _C.id < sa.bindparam("before"), _C.status.in_(("queued", "sending")))
             .order_by(_C.id).limit(1).with_for_update(read=True))
-_ROW = sa.select(OUTBOUND).where(_C.id == sa.bindparam("oid")).with_for_update()
+_ROW = (sa.select(OUTBOUND, Broadcast.status.label("broadcast_status"))
+        .outerjoin(Broadcast, Broadcast.id == _C.broadcast_id)
+        .where(_C.id == sa.bindparam("oid")).with_for_update(of=OUTBOUND))
 _INCREMENT = {"attempts": _C.attempts + 1, "pair_attempts": _C.pair_attempts + 1}
 
 
 @functools.cache
-def _update(columns: frozenset[str]) -> Any:
-    """UPDATE outbound_messages SET <columns> (and updated_at) WHERE id = :oid."""
+def _update(columns: frozenset[str], claimed: bool = False) -> Any:
+    """UPDATE outbound_messages SET <columns> (and updated_at) WHERE id = :oid, and with ``claimed``
+    only while it is still ``sending`` by the task :task."""
     values = {c: _INCREMENT[c] if c in _INCREMENT else sa.bindparam(f"v_{c}") for c in columns | {"updated_at"}}
-    return sa.update(OUTBOUND).where(_C.id == sa.bindparam("oid")).values(values)
+    where = [_C.id == sa.bindparam("oid")]
+    if claimed:
+        where += [_C.status == "sending", _C.claimed_by.is_not_distinct_from(sa.bindparam("task"))]
+    return sa.update(OUTBOUND).where(*where).values(values)
 
 
-def _set(conn: sa.Connection, outbound_id: int, *increments: str, **values: Any) -> None:
-    """Set columns of one message; ``increments`` names counters to add one to."""
+_ANY = object()
+
+
+def _set(conn: sa.Connection, outbound_id: int, *increments: str, only_if_claimed_by: Any = _ANY,
+         **values: Any) -> bool:
+    """Set columns of one message; ``increments`` names counters to add one to. With
+    ``only_if_claimed_by`` (a task id, or None), only while the message is still ``sending`` by that
+    task. Returns whether it was set."""
     values["updated_at"] = datetime.now(timezone.utc)
-    conn.execute(_update(frozenset(values) | frozenset(increments)),
-                 {"oid": outbound_id, **{f"v_{k}": v for k, v in values.items()}})
+    guarded = only_if_claimed_by is not _ANY
+    params = {"oid": outbound_id, **{f"v_{k}": v for k, v in values.items()}}
+    if guarded:
+        params["task"] = only_if_claimed_by
+    return conn.execute(_update(frozenset(values) | frozenset(increments), guarded), params).rowcount == 1
 
 
 def _following(conn: sa.Connection, row: Any) -> list[Queued]:
-    """The next message to the same recipient, if its task parked waiting for this one: unpark it."""
+    """The next message to the same recipient, if its task parked waiting for this one: send it on.
+
+    ``parked`` stays set until that message is claimed, so whoever sees this message settled
+    again (a redelivered task, a repeated status webhook) sends it on again: a wake-up lost between
+    a commit and its publish is made good, and a second one is harmless."""
     nxt = conn.execute(_NEXT, {"number": row.phone_number_id, "to": row.recipient, "after": row.id}).first()
     if nxt is None or not nxt.parked:
         return []
-    _set(conn, nxt.id, parked=False)
     return [Queued(nxt.id, nxt.lane, row.phone_number_id, nxt.token)]
 
 
@@ -208,12 +232,16 @@ def claim(conn: sa.Connection, outbound_id: int, store: limiter.Store,
             and now - claimed_at < CALL_LEASE):
         return Skip(f"being sent by task {row.claimed_by}")  # a second copy of the task: leave it be
     if row.status == "sending":
-        # The last attempt died during its call to Meta: the outcome is unknown.
+        # The last attempt died during its call to Meta (or before it): the outcome is unknown.
         _set(conn, row.id, status="in_doubt", error_title="the sender stopped during its call to Meta")
         logger.warning("send_message: outbound %s was mid-call when its worker stopped: in doubt", row.id)
         return Skip("in doubt", _following(conn, row))
     if row.status != "queued":
         return Skip(f"already {row.status}", _following(conn, row))
+    if row.broadcast_status == "cancelled":
+        # Put back after the cancel (a 130429, a retry), or never queued before it: not sent.
+        _set(conn, row.id, status="cancelled")
+        return Skip("broadcast cancelled", _following(conn, row))
     if row.kind != "read":
         # Locks the earlier message (FOR SHARE) so its outcome cannot slip past unseen: it either
         # settled before this read, or its settling waits for this transaction and then sees `parked`.
@@ -232,11 +260,11 @@ def claim(conn: sa.Connection, outbound_id: int, store: limiter.Store,
         wait = store.pair_reserve(row.phone_number_id, row.recipient)
         if wait > 0:
             return Defer(max(MIN_DEFER, wait))
-    _set(conn, row.id, "attempts", status="sending", claimed_by=task_id, claimed_at=now)
+    _set(conn, row.id, "attempts", status="sending", parked=False, claimed_by=task_id, claimed_at=now)
     body = dict(row.payload)
     if row.kind != "read":
         body["biz_opaque_callback_data"] = f"{CALLBACK_PREFIX}{row.id}"
-    return Claimed(row, body)
+    return Claimed(row, body, task_id)
 
 
 # --- settling --------------------------------------------------------------------------------------------------
@@ -248,32 +276,47 @@ class Settled:
     following: list[Queued] = field(default_factory=list)
     again_in: float | None = None  # put back, without spending a retry, after this many seconds
     pause_number: float | None = None  # no send for the number during this many seconds
+    pair_wait: float | None = None  # no send to this recipient during this many seconds (131056)
     retry: bool = False  # a transient failure: the retry policy takes it from here
 
 
 def settle(conn: sa.Connection, claimed: Claimed, answer: Answer, *, last_attempt: bool) -> Settled:
-    """Record Meta's answer and say what happens next."""
-    row = claimed.row
+    """Record Meta's answer and say what happens next.
+
+    Only while the message is still ``sending`` by this task: a status webhook can have settled it
+    first (Meta accepted, the answer was lost, the "sent" webhook came back before the read
+    timeout), and then Meta's late answer, or the lack of one, changes nothing."""
+    row, task = claimed.row, claimed.task_id
     error = {"error_code": answer.code, "error_title": answer.title, "error_details": answer.details}
     outcome = answer.outcome
     if outcome is Outcome.ACCEPTED:
-        accept(conn, row, answer.wamid, answer.wa_id)
+        if not accept(conn, row, answer.wamid, answer.wa_id, only_if_claimed_by=task):
+            return Settled("settled meanwhile")
         return Settled("accepted", _following(conn, row))
     if outcome is Outcome.UNKNOWN_OUTCOME:
-        _set(conn, row.id, status="in_doubt", **error)
+        if not _set(conn, row.id, only_if_claimed_by=task, status="in_doubt", **error):
+            return Settled("settled meanwhile")
         return Settled("in_doubt", _following(conn, row))
     if outcome is Outcome.PERMANENT or (outcome is Outcome.TRANSIENT and last_attempt):
-        _set(conn, row.id, status="failed", **error)
+        if not _set(conn, row.id, only_if_claimed_by=task, status="failed", **error):
+            return Settled("settled meanwhile")
         return Settled("failed", _following(conn, row), retry=outcome is Outcome.TRANSIENT)
-    _set(conn, row.id, status="queued", **error)
+    counters = ("pair_attempts",) if outcome is Outcome.PAIR else ()
+    if not _set(conn, row.id, *counters, only_if_claimed_by=task, status="queued", **error):
+        return Settled("settled meanwhile")
     if outcome is Outcome.THROUGHPUT:
         return Settled("queued", again_in=0.0, pause_number=THROUGHPUT_PAUSE)
     if outcome is Outcome.MAINTENANCE:
         return Settled("queued", again_in=MAINTENANCE_WAIT, pause_number=MAINTENANCE_WAIT)
     if outcome is Outcome.PAIR:
-        _set(conn, row.id, "pair_attempts")
-        return Settled("queued", again_in=min(PAIR_WAIT_CAP, 4.0 ** row.pair_attempts))
+        wait = min(PAIR_WAIT_CAP, 4.0 ** row.pair_attempts)
+        return Settled("queued", again_in=wait, pair_wait=wait)
     return Settled("queued", retry=True)
+
+
+def unclaim(conn: sa.Connection, claimed: Claimed) -> None:
+    """The task failed before its call to Meta (the limiter unreachable): queued again, not in doubt."""
+    _set(conn, claimed.id, only_if_claimed_by=claimed.task_id, status="queued")
 
 
 def _recipient_contact(conn: sa.Connection, recipient: str, wa_id: str | None) -> int:
@@ -284,16 +327,19 @@ def _recipient_contact(conn: sa.Connection, recipient: str, wa_id: str | None) -
     return upsert_contact(conn, ContactInfo(wa_id=wa_id or recipient.lstrip("+")))
 
 
-def accept(conn: sa.Connection, row: Any, wamid: str | None, wa_id: str | None) -> None:
-    """Mark an outbound message accepted; give it its row in ``messages`` with the furthest status
-    already received for it (status webhooks can arrive before the send is recorded)."""
+def accept(conn: sa.Connection, row: Any, wamid: str | None, wa_id: str | None, *,
+           only_if_claimed_by: Any = _ANY) -> bool:
+    """Mark an outbound message accepted (with ``only_if_claimed_by``: while still sending by that task);
+    give it its row in ``messages`` with the furthest status already received for it (status
+    webhooks can arrive before the send is recorded). Returns whether it was marked."""
     from waflow.core import upsert_conversation
 
     now = datetime.now(timezone.utc)
-    _set(conn, row.id, status="accepted", wamid=wamid, accepted_at=now, error_code=None, error_title=None,
-         error_details=None)
+    if not _set(conn, row.id, only_if_claimed_by=only_if_claimed_by, status="accepted", wamid=wamid, accepted_at=now,
+                error_code=None, error_title=None, error_details=None):
+        return False
     if not wamid:  # a read receipt: nothing to show in the conversation
-        return
+        return True
     contact_id = _recipient_contact(conn, row.recipient, wa_id)
     conversation_id = upsert_conversation(conn, contact_id, row.phone_number_id, None, None)
     conn.execute(_insert_message(conn.dialect.name), {
@@ -302,6 +348,7 @@ def accept(conn: sa.Connection, row: Any, wamid: str | None, wa_id: str | None) 
         "body": row.text, "sent_at": now, "content": {"outbound_id": row.id, "request": row.payload},
         "context_wamid": (row.payload.get("context") or {}).get("message_id"),
     })
+    return True
 
 
 @functools.cache
@@ -321,8 +368,8 @@ def _insert_message(dialect: str) -> Any:
 
 
 def reconcile(conn: sa.Connection, callback_data: str | None, wamid: str) -> list[Queued]:
-    """A status webhook names one of our sends: if that send is in doubt (or its acceptance not yet
-    recorded), Meta did accept it. Returns the messages this sends on."""
+    """A status webhook names one of our sends: Meta did accept it, whatever waflow recorded (in
+    doubt, not yet recorded, a retry pending). Returns the messages this sends on."""
     if not callback_data or not callback_data.startswith(CALLBACK_PREFIX):
         return []
     try:
@@ -330,11 +377,15 @@ def reconcile(conn: sa.Connection, callback_data: str | None, wamid: str) -> lis
     except ValueError:
         return []
     row = conn.execute(_ROW, {"oid": outbound_id}).first()
-    if row is None or row.status not in ("sending", "in_doubt") or row.wamid:
+    if row is None:
         return []
-    logger.info("reconcile: outbound %s settled as accepted by a status webhook (%s)", row.id, wamid)
-    accept(conn, row, wamid, None)
-    return _following(conn, row) if row.status == "sending" else []
+    if row.status not in ("accepted", "cancelled") and not row.wamid:
+        # Sending, in doubt, or even queued for a retry or failed after an answer that hid an
+        # acceptance (a 5xx): Meta has it. A pending retry of it then finds it accepted.
+        logger.info("reconcile: outbound %s (%s) settled as accepted by a status webhook", row.id, row.status)
+        accept(conn, row, wamid, None)
+    # Every status of a settled send wakes what waits behind it again: a lost wake-up is made good.
+    return _following(conn, row)
 
 
 class NotInDoubt(ValueError):
@@ -346,6 +397,9 @@ def resolve(conn: sa.Connection, outbound_id: int, *, wamid: str | None = None, 
     """A person settles a send in doubt: Meta took it (its wamid), it failed, or send it again.
     Returns what to queue after the commit."""
     row = conn.execute(_ROW, {"oid": outbound_id}).first()
+    if row is not None and row.status == "queued" and resend:
+        # Queued with no task to send it (its publish was lost): queue it again; a duplicate is harmless.
+        return [Queued(row.id, row.lane, row.phone_number_id, _token(conn, row.broadcast_id))]
     if row is None or row.status != "in_doubt":
         raise NotInDoubt(f"outbound {outbound_id} is {row.status if row else 'unknown'}, not in doubt")
     logger.info("resolve: outbound %s settled by %s (%s)", outbound_id, by,
@@ -356,14 +410,33 @@ def resolve(conn: sa.Connection, outbound_id: int, *, wamid: str | None = None, 
     if failed:
         _set(conn, row.id, status="failed", error_title=f"marked failed by {by} after a send in doubt")
         return []
-    _set(conn, row.id, status="queued", parked=False, claimed_by=None, claimed_at=None)
-    token = conn.execute(sa.select(Broadcast.token).where(Broadcast.id == row.broadcast_id)).scalar()
-    return [Queued(row.id, row.lane, row.phone_number_id, token)] if resend else []
+    _set(conn, row.id, status="queued", claimed_by=None, claimed_at=None)
+    return [Queued(row.id, row.lane, row.phone_number_id, _token(conn, row.broadcast_id))]
 
 
-def reopen(conn: sa.Connection, args: list[Any], _kwargs: dict[str, Any]) -> None:
-    """Before a dead-lettered send is replayed: a message that failed is queued again."""
-    _set(conn, int(args[0]), status="queued", parked=False)
+def _token(conn: sa.Connection, broadcast_id: int | None) -> str | None:
+    if broadcast_id is None:
+        return None
+    return conn.execute(sa.select(Broadcast.token).where(Broadcast.id == broadcast_id)).scalar()
+
+
+def reopen(conn: sa.Connection, args: list[Any], _kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Before a dead-lettered send is replayed: only a message that failed is queued again (one Meta
+    accepted meanwhile, or that a replay already sent, is refused); one left mid-call is put in doubt
+    instead of replayed ("skip"). Returns how to publish it: its lane's queue, with the headers the
+    paced consumer reads."""
+    row = conn.execute(_ROW, {"oid": int(args[0])}).first()
+    if row is None:
+        raise dlq.NotReplayable(f"outbound {args[0]} does not exist")
+    if row.status == "sending":
+        _set(conn, row.id, status="in_doubt", error_title="dead-lettered during its call to Meta")
+        return {"skip": f"outbound {row.id} was mid-call when it failed: now in doubt, settle it with "
+                        "`flask --app wsgi outbox resolve`"}
+    if row.status != "failed":
+        raise dlq.NotReplayable(f"outbound {row.id} is {row.status}: nothing to send again")
+    _set(conn, row.id, status="queued", parked=False)
+    queued = Queued(row.id, row.lane, row.phone_number_id, _token(conn, row.broadcast_id))
+    return {"queue": LANES[queued.lane], "headers": _headers(queued)}
 
 
 dlq.REPLAY_HOOKS["waflow.outbound.send_message"] = reopen
@@ -392,13 +465,21 @@ def deliver(outbound_id: int, request: Any, retries: int, max_retries: int) -> s
     if isinstance(step, Skip):
         enqueue(step.following)
         return step.reason
-    limiter.wait_for_slot(request)
+    try:
+        limiter.wait_for_slot(request)
+    except limiter.LimiterUnavailable as exc:
+        # Nothing went to Meta: hand the message back rather than leave it `sending` (in doubt).
+        with transaction() as conn:
+            unclaim(conn, step)
+        raise TransientError(f"outbound {outbound_id}: no send slot ({exc})") from exc
     answer = client().send(step.phone_number_id, step.body)
     with transaction() as conn:
         _relaxed_commit(conn)
         settled = settle(conn, step, answer, last_attempt=retries >= max_retries)
     if settled.pause_number:
         store.pause(step.phone_number_id, settled.pause_number)
+    if settled.pair_wait:
+        store.pair_penalize(step.phone_number_id, step.row.recipient, settled.pair_wait)
     if settled.again_in is not None:
         _again(request, outbound_id, settled.again_in, retries)
     enqueue(settled.following)

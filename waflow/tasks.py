@@ -31,6 +31,8 @@ from celery.exceptions import Reject
 from kombu import exceptions as kombu_exc
 from sqlalchemy import exc as sa_exc
 
+from waflow.limiter import LimiterUnavailable
+
 logger = logging.getLogger(__name__)
 
 celery_app = Celery("waflow")
@@ -75,7 +77,8 @@ class TransientError(Exception):
 # --- the retry policy: the one place it is defined; stage_task() applies it to every task ------------------
 
 # Errors that may pass by themselves: a dropped, refused or timed-out database connection,
-# an HTTP call that timed out or could not connect, a 5xx (wrapped in TransientError).
+# an HTTP call that timed out or could not connect, a 5xx (wrapped in TransientError), the send
+# limiter's store out of reach.
 # Anything else is permanent (bad input, a 4xx that will not change) and never retried.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     sa_exc.OperationalError,
@@ -86,6 +89,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     requests.ConnectionError,
     requests.Timeout,
     TransientError,
+    LimiterUnavailable,
 )
 MAX_RETRIES = 3
 # Waits of 3, 6 and 12 s (Celery's autoretry: factor x 2^n), each stretched by up to JITTER and

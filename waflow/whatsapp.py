@@ -17,9 +17,10 @@ subcode), in one table, into what the sender does next:
 - ``PERMANENT``: anything else with a code (a bad parameter, an undeliverable
   recipient, a closed 24-hour window, a template problem, an expired token...):
   the message fails at once, keeping Meta's code and text.
-- ``UNKNOWN_OUTCOME``: the request went out and no answer came back (a read
-  timeout). Meta takes no idempotency key, so sending again could deliver it
-  twice: the message is left in doubt, for status webhooks or a person to settle.
+- ``UNKNOWN_OUTCOME``: the request went out and no readable answer came back (a
+  read timeout, a connection dropped mid-answer, a truncated body, a 200 without
+  a message id). Meta takes no idempotency key, so sending again could deliver
+  it twice: the message is left in doubt, for status webhooks or a person to settle.
 
 Codes and their meaning: ``../shared/reference/whatsapp-cloud-api.md`` section 7.
 """
@@ -121,8 +122,9 @@ def read_answer(response: requests.Response) -> Answer:
     title = error.get("message") if isinstance(error.get("message"), str) else None
     details = data.get("details") if isinstance(data.get("details"), str) else None
     if response.status_code == 200 and code is None:
-        # A 200 without a message id is not an acceptance waflow can record.
-        return Answer(Outcome.TRANSIENT, title="200 without a message id", http_status=200)
+        # A 200 means Meta took the request, but without a message id there is nothing to record:
+        # sending again could deliver it twice. Its status webhooks (our id echoed) will settle it.
+        return Answer(Outcome.UNKNOWN_OUTCOME, title="200 without a message id", http_status=200)
     return Answer(classify(code, response.status_code), code=code, title=title, details=details,
                   http_status=response.status_code)
 
@@ -154,6 +156,9 @@ class Client:
             if _sent_before_failing(exc):
                 return Answer(Outcome.UNKNOWN_OUTCOME, title="connection lost before Meta answered")
             return Answer(Outcome.TRANSIENT, title=f"network error: {type(exc).__name__}")
+        except requests.RequestException as exc:
+            # Anything else (a truncated answer body, an invalid response): the request went out.
+            return Answer(Outcome.UNKNOWN_OUTCOME, title=f"unreadable answer: {type(exc).__name__}")
         return read_answer(response)
 
 

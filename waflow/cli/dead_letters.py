@@ -129,6 +129,11 @@ def register(app: Flask) -> None:
                 failed += 1
                 click.echo(f"{r.id}: not replayed: {exc}", err=True)
                 continue
+            if task_id is None:
+                failed += 1
+                click.echo(f"{r.id}: not replayed: its stage settled it instead (see the log; for a send: "
+                           "`flask --app wsgi outbox list`)", err=True)
+                continue
             click.echo(f"{r.id}: replayed to {r.queue} as {task_id}")
         if failed:
             raise SystemExit(1)

@@ -44,11 +44,14 @@ def register(app: Flask) -> None:
             with transaction() as conn:
                 queued, new = outbound.command(conn, key=key or f"cli:{uuid.uuid4()}", recipient=to,
                                                message=message)
+                status = _status(conn, queued.id)
         except compose.InvalidCommand as exc:
             raise click.ClickException(f"not sent: {exc}") from None
-        if new:
+        if status == "queued":
+            # New, or commanded before and still unsent (its publish may have been lost): queue it.
+            # A second task for one message is harmless: only one claims it.
             outbound.enqueue([queued])
-        click.echo(f"outbound {queued.id} {'queued' if new else 'was already commanded under that key'}")
+        click.echo(f"outbound {queued.id} {'queued' if new else f'was already commanded under that key ({status})'}")
         if wait_seconds > 0:
             row = _wait_settled(queued.id, wait_seconds)
             click.echo(_describe(row) if row else f"still queued after {wait_seconds:.0f}s: are the senders running?")
@@ -100,11 +103,14 @@ def register(app: Flask) -> None:
         from waflow import broadcast
         from waflow.db import transaction
 
+        from waflow import outbound
+
         try:
             with transaction() as conn:
-                _, cancelled = broadcast.cancel(conn, name)
+                cancelled, waiting = broadcast.cancel(conn, name)
         except broadcast.BroadcastError as exc:
             raise click.ClickException(str(exc)) from None
+        outbound.enqueue(waiting)  # replies that were waiting behind a cancelled message go now
         click.echo(f"broadcast {name!r} cancelled: {cancelled} unsent message(s) will not be sent")
 
     @app.cli.command("send-rate")
@@ -152,10 +158,11 @@ def register(app: Flask) -> None:
     @click.argument("outbound_id", type=int)
     @click.option("--accepted", "wamid", help="Meta did take it: its wamid (from Meta's dashboard or the client).")
     @click.option("--failed", is_flag=True, help="It did not go and should not: mark it failed.")
-    @click.option("--resend", is_flag=True, help="It did not go: send it (again).")
+    @click.option("--resend", is_flag=True, help="It did not go: send it (again); also queues again a message "
+                                                 "left queued with no task (`outbox list --status queued`).")
     @click.option("--by", default=getpass.getuser, show_default="your user name")
     def outbox_resolve(outbound_id, wamid, failed, resend, by) -> None:
-        """Settle a message in doubt, by a person's decision."""
+        """Settle a message in doubt, by a person's decision (or queue an unsent one again)."""
         from waflow import outbound
         from waflow.db import transaction
 
@@ -186,6 +193,12 @@ def _template_parameters(settings, template: str, language: str) -> int | None:
     except (requests.RequestException, ValueError) as exc:
         raise broadcast.BroadcastError(f"could not look the template up at {settings.whatsapp_api_url}: "
                                        f"{type(exc).__name__}") from None
+
+
+def _status(conn, outbound_id: int) -> str:
+    from waflow.models import OutboundMessage
+
+    return conn.execute(sa.select(OutboundMessage.status).where(OutboundMessage.id == outbound_id)).scalar_one()
 
 
 def _wait_settled(outbound_id: int, seconds: float):
