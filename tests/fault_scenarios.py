@@ -9,11 +9,15 @@ one row) are counted from the ledger and the database, not guessed.
 """
 from __future__ import annotations
 
-import json
+import heapq
+import os
 import random
+import re
+import signal
 import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -70,73 +74,6 @@ class Ledger:
             self.media.add(key)
         return key
 
-    def report(self, database_url: str) -> dict[str, Any]:
-        """Sent, acknowledged, persisted, lost, duplicated, dead-lettered, from the database."""
-        keys = [k for k in self.bodies if k not in self.poison]
-        rows: dict[str, int] = {}
-        media_rows: dict[str, int] = {}
-        with get_engine(database_url).connect() as conn:
-            for chunk in range(0, len(keys), 1000):
-                part = keys[chunk:chunk + 1000]
-                for wamid, n in conn.execute(sa.text("SELECT wamid, count(*) FROM messages WHERE wamid IN :w "
-                                                     "GROUP BY wamid").bindparams(sa.bindparam("w", expanding=True)),
-                                             {"w": part}):
-                    rows[wamid] = n
-                for wamid, n in conn.execute(sa.text("SELECT wamid, count(*) FROM media WHERE wamid IN :w "
-                                                     "GROUP BY wamid").bindparams(sa.bindparam("w", expanding=True)),
-                                             {"w": part}):
-                    media_rows[wamid] = n
-            dead = conn.execute(sa.text("SELECT error_message, args FROM dead_letters")).all()
-        poison_dead = sum(1 for d in dead if any(p in json.dumps(d.args) for p in self.poison)) if self.poison else 0
-        acked = [k for k in keys if k in self.acked]
-        return {
-            "sent": len(self.bodies), "posts": sum(self.posts.values()),
-            "acknowledged": len(self.acked), "not_acknowledged": len(self.bodies) - len(self.acked),
-            "persisted": sum(1 for k in keys if rows.get(k)),
-            "lost": sum(1 for k in acked if not rows.get(k)),
-            "duplicated": sum(n - 1 for n in rows.values() if n > 1) + sum(n - 1 for n in media_rows.values() if n > 1),
-            "media_expected": len(self.media), "media_persisted": sum(1 for k in self.media if media_rows.get(k)),
-            "dead_lettered": len(dead), "poison_sent": len(self.poison), "poison_dead_lettered": poison_dead,
-        }
-
-
-def stream(stack: Stack, ledger: Ledger, keys: list[str], rate: float, *, threads: int = 16,
-           give_up_after: float = 120.0, retry_pause: float = 0.5) -> float:
-    """Post each key's webhook at ``rate`` per second, re-posting anything not answered 200 until
-    it is (or ``give_up_after`` seconds pass for it). Returns the seconds from first to last 200."""
-    started = time.monotonic()
-    last_ack = [started]
-
-    def deliver(key: str) -> None:
-        body = ledger.bodies[key]
-        headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(body)}
-        deadline = time.monotonic() + give_up_after
-        wait = retry_pause
-        session = _session()
-        while time.monotonic() < deadline:
-            with ledger.lock:
-                ledger.posts[key] = ledger.posts.get(key, 0) + 1
-            try:
-                status = session.post(stack.url, data=body, headers=headers, timeout=5).status_code
-            except requests.RequestException:
-                status = None
-            if status == 200:
-                with ledger.lock:
-                    ledger.acked.add(key)
-                    last_ack[0] = time.monotonic()
-                return
-            time.sleep(wait)
-            wait = min(5.0, wait * 2)
-
-    with ThreadPoolExecutor(threads) as pool:
-        for i, key in enumerate(keys):
-            due = started + i / rate
-            pause = due - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
-            pool.submit(deliver, key)
-    return last_ack[0] - started
-
 
 _local = threading.local()
 
@@ -168,46 +105,6 @@ def wait_persisted(stack: Stack, ledger: Ledger, timeout: float) -> bool:
         return False
 
 
-class Restartable:
-    """Kill -9 a stage's worker and start it again at once, as a process supervisor would."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.kills: list[dict[str, Any]] = []
-
-    def kill(self, name: str) -> None:
-        import os
-        import signal
-
-        queue = dict(STAGES)[name]
-        for i, (proc_name, proc) in enumerate(self.stack.procs):
-            if proc_name == name and proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)  # the main process; its pool processes die with it
-                proc.wait(10)
-        self.kills.append({"stage": name, "at": time.time()})
-        log = self.stack.log_dir / f"{name}.log"
-        readies = log.read_text().count("ready.")
-        self.stack.start_worker(name, queue)
-        wait_for(lambda: log.read_text().count("ready.") > readies, 60, what=f"{name} restarted")
-
-
-def kill_workers_during(stack: Stack, duration: float, kills: int, rng: random.Random) -> Restartable:
-    """Start a thread that kills ``kills`` workers, stages in turn, at random moments in ``duration``."""
-    restartable = Restartable(stack)
-    moments = sorted(rng.uniform(0.05, 0.9) * duration for _ in range(kills))
-
-    def run() -> None:
-        started = time.monotonic()
-        for i, moment in enumerate(moments):
-            time.sleep(max(0.0, started + moment - time.monotonic()))
-            restartable.kill(STAGES[i % len(STAGES)][0])
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    restartable.thread = thread  # type: ignore[attr-defined]
-    return restartable
-
-
 def at(moments: list[tuple[float, Callable[[], None]]]) -> threading.Thread:
     """Run each action at its moment (seconds from now) in a background thread."""
     def run() -> None:
@@ -221,19 +118,7 @@ def at(moments: list[tuple[float, Callable[[], None]]]) -> threading.Thread:
     return thread
 
 
-# --- for the long runs (bench/faults/): a sender that re-posts without blocking, figures from the ledger -----------
-#
-# Added for bench/faults/; nothing above changed. ``stream`` re-posts from the thread that posted, so a
-# broker outage fills its 16 threads with sleeping senders and the schedule slips; ``send`` keeps
-# re-posts in a timer heap instead, so new webhooks keep their schedule while old ones wait, as
-# Meta's do. ``figures`` counts what ``Ledger.report`` counts and more: unacknowledged webhooks
-# persisted anyway, dead letters mapped back to the wamids they carry, the last row's time.
-
-import heapq  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import signal  # noqa: E402
-from collections import Counter  # noqa: E402
+# --- posting, counting, killing ----------------------------------------------------------------------------------
 
 WAMID = re.compile(r"wamid\.fault-[0-9a-f]{32}")
 
@@ -409,7 +294,7 @@ def figures(ledger: Ledger, database_url: str, *, others: set[str] = frozenset()
 class Supervisor:
     """``kill -9`` a stage worker's main process and start it again at once, as a process supervisor
     would, with a log: when (seconds since ``t0``), which pid, how long the new worker took to be ready.
-    Unlike ``Restartable`` it may be used from one thread per stage."""
+    Safe to use from one thread per stage."""
 
     def __init__(self, stack: Stack, t0: float | None = None) -> None:
         self.stack = stack

@@ -432,15 +432,3 @@ def exited(st: support.Stack) -> list[dict[str, Any]]:
     purpose shows -9; anything else exited by itself)."""
     return [{"name": name, "pid": proc.pid, "code": proc.returncode} for name, proc in st.procs
             if proc.poll() is not None]
-
-
-def cross_check(ledger: fs.Ledger, url: str, figs: dict[str, Any]) -> dict[str, Any]:
-    """``Ledger.report`` (what the test suite uses) on the same ledger: its time, and whether its
-    figures agree with ``fault_scenarios.figures``."""
-    started = time.monotonic()
-    legacy = ledger.report(url)
-    seconds = round(time.monotonic() - started, 3)
-    keys = ("sent", "acknowledged", "persisted", "lost", "duplicated", "dead_lettered", "media_persisted",
-            "poison_dead_lettered")
-    return {"ledger_report_seconds": seconds, "agrees": all(legacy[k] == figs[k] for k in keys),
-            "differences": {k: [legacy[k], figs[k]] for k in keys if legacy[k] != figs[k]}}

@@ -59,11 +59,10 @@ def main() -> int:
         run.event("all persisted" if settled else "gave up waiting for rows")
         time.sleep(3)  # let a late redelivery land before counting
         figs = fs.figures(ledger, url)
-        agreement = _run.cross_check(ledger, url, figs)
         run.results = {
             "figures": slim(figs), "traffic": traffic.summary(), "kills": sorted(supervisor.kills, key=lambda k: k["at"]),
             "logs": log_counts(st.log_dir), "progress": progress.samples,
-            "dead_letters": figs["dead_letter_rows"], "ledger_report": agreement,
+            "dead_letters": figs["dead_letter_rows"],
             "seconds": {"stream": round(traffic.finished - traffic.started, 1),
                         "first_post_to_last_row": round(figs["last_row_at"] - traffic.summary()["first_post_at"], 1)
                         if figs["last_row_at"] else None},
@@ -77,7 +76,6 @@ def main() -> int:
     run.check("each image's media row", figs["media_persisted"] == figs["media_expected"],
               f"{figs['media_persisted']}/{figs['media_expected']}")
     run.check("nothing dead-lettered", figs["dead_lettered"] == 0, figs["dead_lettered"])
-    run.check("Ledger.report agrees", agreement["agrees"], agreement)
     run.check("every stage killed as planned", all(n == args.kills_per_stage for n in per_stage.values()), per_stage)
 
     _run.ledger_table([("kill_workers", figs, run.results["seconds"]["first_post_to_last_row"])])

@@ -62,7 +62,6 @@ def one_run(run: Run, args, st, url: str, label: str, poison: int, rng: random.R
     run.event(f"{label} settled" if ok else f"{label}: gave up waiting")
     time.sleep(2)
     figs = fs.figures(ledger, url)
-    check = _run.cross_check(ledger, url, figs)
     after = log_counts(st.log_dir)
     first = summary["first_post_at"]
     seconds = figs["last_row_at"] - first if figs["last_row_at"] else None
@@ -75,7 +74,7 @@ def one_run(run: Run, args, st, url: str, label: str, poison: int, rng: random.R
         if handled_until else None,
         "posts_per_s": round(summary["posts"] / summary["posting_seconds"], 1) if summary["posting_seconds"] else None,
         "logs": {k: after[k] - before[k] for k in after},
-        "dead_letters": figs["dead_letter_rows"], "ledger_report": check,
+        "dead_letters": figs["dead_letter_rows"],
     }
 
 
@@ -119,7 +118,6 @@ def main() -> int:
                   f["poison_dead_lettered"] == f["poison_sent"] and f["non_poison_dead_lettered"] == 0
                   and f["dead_lettered"] == f["poison_sent"] and f["dead_letter_rows_beyond_one"] == 0,
                   {k: f[k] for k in ("poison_sent", "poison_dead_lettered", "non_poison_dead_lettered", "dead_lettered")})
-        run.check(f"{label}: Ledger.report agrees", r["ledger_report"]["agrees"], r["ledger_report"])
         run.check(f"{label}: poison never retried", r["logs"]["retries_scheduled"] == 0, r["logs"]["retries_scheduled"])
     if args.messages >= JUDGED_FROM:
         run.check("poisoned throughput within 10% of clean", ratio is not None and ratio >= 0.9,
