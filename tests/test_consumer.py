@@ -33,6 +33,7 @@ from conftest import requires_rabbitmq, requires_redis
 from support import AMQP_URL, REDIS_URL, ROOT, stop_processes, wait_for
 from test_limiter import FakeClock, max_in_any_window
 from waflow import consumer, limiter
+from waflow import consumer
 from waflow.consumer import LEAD as _DEFAULT_LEAD, Pacing, TaskPacer
 
 # The unit tests below pace with a 20-ms lead: at 80/s, two slots leave at once.
@@ -490,8 +491,9 @@ def test_a_reply_overtakes_a_broadcast_backlog(publisher, number, tmp_path):
     slot = 1 / effective(40)
     report("lanes", received_to_run_ms=(reply["t"] - received) * 1000, published_to_run_ms=(reply["t"] - published) * 1000,
            slot_ms=slot * 1000)
-    # It takes the first slot not already handed out: at most the lead's worth are ahead of it.
-    assert reply["t"] - received <= _DEFAULT_LEAD + slot + 0.005
+    # It takes the first slot not already handed out: at most the lead's worth (and a batch's span
+    # beyond it) are ahead of it.
+    assert reply["t"] - received <= _DEFAULT_LEAD * (1 + consumer.BATCH_SPAN) + slot + 0.005
     assert reply["t"] - published <= 0.5
 
 
@@ -506,7 +508,9 @@ def test_a_rate_stored_for_the_number_reaches_running_workers_within_a_slot(publ
         time.sleep(2.0)
     times = workers.times()
     # Slots reserved before the change (at most the workers' lead ahead) still go at the old pace.
-    before, after = [t for t in times if t < changed], [t for t in times if t >= changed + _DEFAULT_LEAD + 0.03]
+    # (A batch reserves up to BATCH_SPAN of the lead beyond it.)
+    reserved_ahead = _DEFAULT_LEAD * (1 + consumer.BATCH_SPAN)
+    before, after = [t for t in times if t < changed], [t for t in times if t >= changed + reserved_ahead + 0.03]
     gaps = [b - a for a, b in zip(after, after[1:])]
     report("rate change", before_tasks_per_s=rate_between(times, changed - 1.0, changed),
            before_max_per_window=max_in_any_window(before),

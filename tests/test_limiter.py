@@ -96,7 +96,8 @@ def test_it_paces_at_the_exact_rate_without_a_margin(number, make_store):
 
 
 def test_it_reserves_nothing_beyond_the_lead(number, store, clock):
-    assert store.reserve(number, 0.0) == Reservation(0.0)
+    first = store.reserve(number, 0.0)
+    assert isinstance(first, Reservation) and (first.delay, first.count) == (0.0, 1)
     first = store.reserve(number, 0.005)
     assert isinstance(first, Wait) and first.seconds == pytest.approx(T80 - 0.005, abs=EXACT)
     again = store.reserve(number, 0.005)
@@ -104,6 +105,22 @@ def test_it_reserves_nothing_beyond_the_lead(number, store, clock):
     clock.advance(first.seconds + EXACT)
     granted = store.reserve(number, 0.005)
     assert isinstance(granted, Reservation) and granted.delay == pytest.approx(0.005, abs=2 * EXACT + 1e-6)
+
+
+def test_one_call_reserves_a_batch_of_slots_within_the_lead_and_span(number, store):
+    batch = store.reserve(number, 0.050, count=10, span=0.025)
+    # Slots 0, T, 2T, ... up to 75 ms: six at 78.4/s.
+    assert isinstance(batch, Reservation) and batch.count == 6
+    assert batch.delays() == pytest.approx([i * T80 for i in range(6)], abs=EXACT)
+    # The next call continues where the batch ended.
+    after = store.reserve(number, 1.0)
+    assert isinstance(after, Reservation) and after.delay == pytest.approx(6 * T80, abs=EXACT)
+
+
+def test_a_batch_takes_no_more_slots_than_asked_for(number, store):
+    batch = store.reserve(number, 1.0, count=3, span=1.0)
+    assert isinstance(batch, Reservation) and batch.count == 3
+    assert delays(store, number, 1) == pytest.approx([3 * T80], abs=EXACT)
 
 
 def test_it_allows_no_burst_after_idling(number, store, clock):
@@ -233,7 +250,8 @@ def test_redis_keys_expire_so_idle_numbers_and_recipients_cost_nothing(number):
 @pytest.mark.skipif(not REDIS_URL, reason=SKIP_REDIS)
 def test_redis_paces_on_its_own_clock(number):
     store = RedisStore.from_url(REDIS_URL, 80)
-    assert store.reserve(number) == Reservation(0.0)
+    first = store.reserve(number)
+    assert isinstance(first, Reservation) and first.delay == 0.0
     wait = store.reserve(number)
     assert isinstance(wait, Wait) and 0 < wait.seconds <= T80
 

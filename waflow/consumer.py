@@ -68,6 +68,12 @@ LANES = (REPLY, BROADCAST)
 # 62/s for 200 sends), at 50 ms it kept the pace (78.0/s). A pool slot idles at most 50 ms; at
 # 80/s it reserves at most four slots ahead (a reply waits behind them: 50 ms), at 1000/s fifty.
 LEAD = 0.050
+# One call to the store takes the slots within LEAD and those up to this fraction of LEAD after it,
+# as many as the bucket holds and up to half the pool (Pacing.max_batch): at 400/s with 16 threads,
+# 8 slots a call instead of one. The consumers of all senders wake when the next slot comes within
+# LEAD, and all but one are told to wait: taking a batch makes such rounds rarer. At 80/s a call
+# takes one or two slots.
+BATCH_SPAN = 0.5
 # A store that cannot be reached is asked again this often.
 RECHECK_WHEN_DOWN = 1.0
 # A bucket looks again at least this often, even during a long pause (Meta's 130429): a
@@ -118,6 +124,8 @@ class Pacing:
     move_to_pool: Callable[[Any], None]
     default_phone_number_id: str
     lead: float = LEAD
+    # The most slots one call reserves: half the pool, so a batch never waits for a pool slot.
+    max_batch: int = 1
     clock: Callable[[], float] = time.time
     # The Hub runs timers and message handlers on one thread; timer2 (transports without an event
     # loop) runs timers on its own.
@@ -213,7 +221,9 @@ class TaskPacer:
         pacing = self.pacing
         while bucket.pending():
             try:
-                outcome = pacing.store.reserve(bucket.phone_number_id, pacing.lead, self.default_rate)
+                outcome = pacing.store.reserve(bucket.phone_number_id, pacing.lead, self.default_rate,
+                                               count=min(bucket.pending(), pacing.max_batch),
+                                               span=pacing.lead * BATCH_SPAN)
             except Exception as exc:  # noqa: BLE001 - a bucket must never be left without its timer
                 pacing.outage.failed(exc, pacing.clock())
                 self._schedule(bucket, RECHECK_WHEN_DOWN)
@@ -222,11 +232,13 @@ class TaskPacer:
             if isinstance(outcome, limiter.Wait):
                 self._schedule(bucket, outcome.seconds)
                 return
-            self._release(bucket.popleft(), {
-                "due": pacing.clock() + outcome.delay,
-                "phone_number_id": bucket.phone_number_id,
-                "rate": self.default_rate,
-            })
+            now = pacing.clock()
+            for delay in outcome.delays():
+                self._release(bucket.popleft(), {
+                    "due": now + delay,
+                    "phone_number_id": bucket.phone_number_id,
+                    "rate": self.default_rate,
+                })
 
     def _cancelled(self, request: Any) -> bool:
         broadcast_id = _header(request, BROADCAST_HEADER)
@@ -278,6 +290,8 @@ class PacedConsumer(Consumer):
                              default_phone_number_id=settings.phone_number_id)
         super().__init__(*args, **kwargs)
         self.pacing.timer = self.timer
+        concurrency = getattr(self.pool, "num_processes", None) or getattr(self.controller, "concurrency", 1)
+        self.pacing.max_batch = max(1, int(concurrency or 1) // 2)
         if self.hub is not None:
             _fire_due_timers_without_pause(self.hub)
         # A send due at its slot waits for the GIL when it wakes: up to the switch interval (5 ms by

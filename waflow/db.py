@@ -28,6 +28,10 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: sa.JSON().with_variant(postgresql.JSONB(), "postgresql")}
 
 
+# Connections each engine keeps open (and as many again while busy): a sender's threads (8 by
+# default) each hold one for a statement at a time.
+POOL_SIZE = 8
+
 _lock = threading.Lock()
 _engines: dict[str, sa.Engine] = {}
 
@@ -43,8 +47,40 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> sa.Engine:
-    """Build an engine for ``url`` with waflow's connection settings."""
+# Statements prepared on every connection of the autocommit engines (PostgreSQL): name -> PREPARE text.
+_PREPARED: dict[str, str] = {}
+
+
+def prepared(name: str, types: str, sql: str) -> str:
+    """Have every autocommit connection ``PREPARE name types AS sql`` when it opens; return the name,
+    for execute_prepared. The server then plans the statement once per connection instead of on every
+    call (psycopg2 prepares nothing by itself). Register at import, before any such connection opens."""
+    _PREPARED[name] = f"PREPARE {name} {types} AS {sql}"
+    return name
+
+
+def execute_prepared(conn: sa.Connection, name: str, *params: Any, relaxed: bool = False) -> sa.CursorResult:
+    """Run a statement registered with prepared() on an autocommit connection. With ``relaxed``, its
+    commit returns before its WAL record is flushed: ``SET LOCAL synchronous_commit`` travels in the
+    same query string, which PostgreSQL runs as one implicit transaction (still one round trip)."""
+    execute = f"EXECUTE {name}({', '.join(['%s'] * len(params))})"
+    return conn.exec_driver_sql(f"SET LOCAL synchronous_commit TO OFF; {execute}" if relaxed else execute, params)
+
+
+def _prepare_statements(dbapi_connection: Any, _record: Any) -> None:
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True
+    try:
+        with dbapi_connection.cursor() as cursor:
+            for statement in _PREPARED.values():
+                cursor.execute(statement)
+    finally:
+        dbapi_connection.autocommit = autocommit
+
+
+def make_engine(url: str, autocommit: bool = False) -> sa.Engine:
+    """Build an engine for ``url`` with waflow's connection settings (with ``autocommit``, on
+    PostgreSQL, each statement commits on its own)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -54,29 +90,36 @@ def make_engine(url: str) -> sa.Engine:
         engine = sa.create_engine(url, hide_parameters=True, connect_args={"timeout": 30})
         sa.event.listen(engine, "connect", _on_sqlite_connect)
         return engine
-    return sa.create_engine(
+    engine = sa.create_engine(
         url,
         # No pre-ping: it costs a round trip per message. A connection found dead raises
         # OperationalError, the pool drops it, and the task's transient-error retry runs
         # again on a fresh one.
         # Bound parameters are client text: keep them out of exception messages and logs.
         hide_parameters=True,
-        pool_size=5,
-        max_overflow=5,
+        pool_size=POOL_SIZE,
+        max_overflow=POOL_SIZE,
         # Fail fast when the database is unreachable; the task's retry policy waits.
         connect_args={"connect_timeout": 5},
+        **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
     )
+    if autocommit:
+        sa.event.listen(engine, "connect", _prepare_statements)
+    return engine
 
 
-def get_engine(url: str | None = None) -> sa.Engine:
-    """Return this process's engine for ``url`` (default: ``DATABASE_URL``)."""
+def get_engine(url: str | None = None, autocommit: bool = False) -> sa.Engine:
+    """Return this process's engine for ``url`` (default: ``DATABASE_URL``); with ``autocommit``, the
+    one whose connections commit each statement on its own (PostgreSQL; on SQLite, the same engine)."""
     url = url or settings.database_url
-    engine = _engines.get(url)
+    autocommit = autocommit and not url.startswith("sqlite")
+    key = f"autocommit {url}" if autocommit else url
+    engine = _engines.get(key)
     if engine is None:
         with _lock:
-            engine = _engines.get(url)
+            engine = _engines.get(key)
             if engine is None:
-                engine = _engines[url] = make_engine(url)
+                engine = _engines[key] = make_engine(url, autocommit)
     return engine
 
 
@@ -93,6 +136,16 @@ def transaction(url: str | None = None) -> Iterator[sa.Connection]:
     """One transaction: commit on success, roll back on any exception."""
     with get_engine(url).begin() as conn:
         yield conn
+
+
+@contextmanager
+def autocommit(url: str | None = None) -> Iterator[sa.Connection]:
+    """A connection on which each statement commits on its own (one round trip, no BEGIN or COMMIT):
+    for a single statement that is a whole transaction. SQLite's connections stay as they are."""
+    with get_engine(url, autocommit=True).connect() as conn:
+        yield conn
+        if conn.in_transaction():
+            conn.commit()
 
 
 def insert(name: str, table: Any) -> Any:

@@ -61,10 +61,12 @@ SAFETY_MARGIN = 0.02
 # A task may send up to this long after its slot; later, it takes a fresh slot (wait_for_slot),
 # at most FRESH_SLOTS times in a row (a host so loaded that every sleep overruns still sends).
 SLOT_TOLERANCE = 0.004
-# A late send reserves its fresh slot no further ahead than the consumer does (waflow.consumer.LEAD):
-# reserving far ahead would let a pause after Meta's 130429 (which only holds back new reservations)
-# pass over the sends that had reserved beyond it.
-FRESH_SLOT_LEAD = 0.050
+# A late send reserves its fresh slot at most this far ahead, and sleeps until it. Further than the
+# consumer's lead (waflow.consumer.LEAD), so that it takes the next free slot at once instead of
+# racing the consumers (which reserve 50 ms ahead) and losing again and again while it holds a pool
+# slot; not much further, because a pause after Meta's 130429 (which only holds back new
+# reservations) passes over the sends that had reserved beyond it.
+FRESH_SLOT_LEAD = 0.250
 FRESH_SLOTS = 3
 
 # Meta counts inbound messages within its one-second windows: inbound beyond a second's worth
@@ -94,9 +96,14 @@ class LimiterUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class Reservation:
-    """A slot is yours: send ``delay`` seconds from now."""
+    """``count`` slots are yours: the first ``delay`` seconds from now, the others ``interval`` apart."""
 
     delay: float
+    count: int = 1
+    interval: float = 0.0
+
+    def delays(self) -> list[float]:
+        return [self.delay + i * self.interval for i in range(self.count)]
 
 
 @dataclass(frozen=True)
@@ -123,12 +130,14 @@ class Store(ABC):
         self._cancelled_lock = threading.Lock()
 
     @abstractmethod
-    def reserve(self, phone_number_id: str, lead: float = 0.0,
-                default_rate: float | None = None) -> Reservation | Wait:
+    def reserve(self, phone_number_id: str, lead: float = 0.0, default_rate: float | None = None,
+                count: int = 1, span: float = 0.0) -> Reservation | Wait:
         """Reserve the next slot if it is at most ``lead`` seconds away; else say how long to wait.
 
-        ``default_rate`` stands in for the settings' rate when no rate is stored for the number
-        (the consumer passes the task's ``rate_limit``)."""
+        With ``count`` above 1, also the slots after it that lie within ``lead + span``, up to
+        ``count`` in all (one call for a batch of sends). ``default_rate`` stands in for the
+        settings' rate when no rate is stored for the number (the consumer passes the task's
+        ``rate_limit``)."""
 
     @abstractmethod
     def debit(self, phone_number_id: str, n: int = 1) -> None:
@@ -169,6 +178,9 @@ class Store(ABC):
     @abstractmethod
     def _read_status(self, phone_number_id: str) -> tuple[float | None, float, float | None]:
         """The stored rate, seconds until the next free slot, and the pause's end (store clock)."""
+
+    def warm_up(self, connections: int) -> None:
+        """Open what the first calls of ``connections`` threads at once would open late."""
 
     def is_cancelled(self, broadcast_id: str) -> bool:
         """Whether the broadcast was cancelled, from a copy of the set at most a second old.
@@ -224,9 +236,10 @@ local function set_tat(key, tat, now)
 end
 """
 
-# KEYS: tat, rate. ARGV: default rate, margin, lead (µs), now.
+# KEYS: tat, rate. ARGV: default rate, margin, lead (µs), count, span (µs), now.
+# Reply: {0, wait} or {granted, delay of the first, interval} (µs; the interval as a string, exact).
 _LUA_RESERVE = _LUA_NOW + """
-local now = now_us(ARGV[4])
+local now = now_us(ARGV[6])
 local interval = interval_us(KEYS[2], ARGV[1], ARGV[2])
 local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or 0), now)
 local ahead = tat - now
@@ -234,8 +247,9 @@ local lead = tonumber(ARGV[3])
 if ahead > lead then
   return {0, math.ceil(ahead - lead)}
 end
-set_tat(KEYS[1], tat + interval, now)
-return {1, math.floor(ahead)}
+local granted = math.max(1, math.min(tonumber(ARGV[4]), math.floor((lead + tonumber(ARGV[5]) - ahead) / interval) + 1))
+set_tat(KEYS[1], tat + granted * interval, now)
+return {granted, math.floor(ahead), string.format('%.3f', interval)}
 """
 
 # KEYS: tat, rate. ARGV: default rate, margin, n, horizon (µs), now.
@@ -334,6 +348,22 @@ class RedisStore(Store):
                                       retry=Retry(NoBackoff(), 1), health_check_interval=30)
         return cls(client, default_rate, margin)
 
+    def warm_up(self, connections: int) -> None:
+        """Load the scripts (a first EVALSHA would fail and load them) and open a connection for each
+        of ``connections`` threads (redis-py opens one when a call finds every pooled one busy)."""
+        pool = self.client.connection_pool
+        opened = []
+        try:
+            for _ in range(max(1, connections)):
+                connection = pool.get_connection()
+                opened.append(connection)
+                connection.connect()
+            for script in self._scripts.values():
+                self._call(self.client.script_load, script.script)
+        finally:
+            for connection in opened:
+                pool.release(connection)
+
     def _now(self) -> str:
         return "" if self._clock is None else f"{self._clock() * _US:.3f}"
 
@@ -345,12 +375,14 @@ class RedisStore(Store):
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise LimiterUnavailable(f"Redis unreachable: {exc}") from exc
 
-    def reserve(self, phone_number_id: str, lead: float = 0.0,
-                default_rate: float | None = None) -> Reservation | Wait:
-        granted, micros = self._run(
+    def reserve(self, phone_number_id: str, lead: float = 0.0, default_rate: float | None = None,
+                count: int = 1, span: float = 0.0) -> Reservation | Wait:
+        granted, micros, *interval = self._run(
             "reserve", [_number_key(phone_number_id, "tat"), _number_key(phone_number_id, "rate")],
-            [default_rate or self.default_rate, self.margin, f"{lead * _US:.3f}"])
-        return Reservation(micros / _US) if granted else Wait(micros / _US)
+            [default_rate or self.default_rate, self.margin, f"{lead * _US:.3f}", max(1, count), f"{span * _US:.3f}"])
+        if not granted:
+            return Wait(micros / _US)
+        return Reservation(micros / _US, granted, float(interval[0]) / _US)
 
     def debit(self, phone_number_id: str, n: int = 1) -> None:
         self._run("debit", [_number_key(phone_number_id, "tat"), _number_key(phone_number_id, "rate")],
@@ -441,16 +473,18 @@ class FileStore(Store):
         rate = number.get("rate") or default_rate or self.default_rate
         return 1.0 / (rate * (1 - self.margin))
 
-    def reserve(self, phone_number_id: str, lead: float = 0.0,
-                default_rate: float | None = None) -> Reservation | Wait:
+    def reserve(self, phone_number_id: str, lead: float = 0.0, default_rate: float | None = None,
+                count: int = 1, span: float = 0.0) -> Reservation | Wait:
         with self._state("numbers") as numbers:
             now = self._clock()
             number = numbers.setdefault(phone_number_id, {})
             tat = max(number.get("tat", 0.0), now)
             if tat - now > lead:
                 return Wait(tat - now - lead)
-            number["tat"] = tat + self._interval(number, default_rate)
-            return Reservation(tat - now)
+            interval = self._interval(number, default_rate)
+            granted = max(1, min(count, math.floor((lead + span - (tat - now)) / interval) + 1))
+            number["tat"] = tat + granted * interval
+            return Reservation(tat - now, granted, interval)
 
     def debit(self, phone_number_id: str, n: int = 1) -> None:
         with self._state("numbers") as numbers:

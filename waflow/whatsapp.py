@@ -26,10 +26,12 @@ Codes and their meaning: ``../shared/reference/whatsapp-cloud-api.md`` section 7
 """
 from __future__ import annotations
 
+import json
 import logging
+import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Callable
 
 import requests
 import urllib3
@@ -103,13 +105,13 @@ def classify(code: int | None, http_status: int | None) -> Outcome:
     return Outcome.PERMANENT
 
 
-def read_answer(response: requests.Response) -> Answer:
-    """Turn Meta's HTTP answer into an ``Answer``."""
+def read_answer(status: int, data: bytes) -> Answer:
+    """Turn Meta's HTTP answer (its status and body) into an ``Answer``."""
     try:
-        doc = response.json()
+        doc = json.loads(data)
     except ValueError:
         doc = None
-    if response.status_code == 200 and isinstance(doc, dict):
+    if status == 200 and isinstance(doc, dict):
         messages = doc.get("messages") if isinstance(doc.get("messages"), list) else []
         contacts = doc.get("contacts") if isinstance(doc.get("contacts"), list) else []
         wamid = messages[0].get("id") if messages and isinstance(messages[0], dict) else None
@@ -118,59 +120,108 @@ def read_answer(response: requests.Response) -> Answer:
             return Answer(Outcome.ACCEPTED, wamid=wamid, wa_id=wa_id, http_status=200)
     error = doc.get("error") if isinstance(doc, dict) and isinstance(doc.get("error"), dict) else {}
     code = error.get("code") if isinstance(error.get("code"), int) else None
-    data = error.get("error_data") if isinstance(error.get("error_data"), dict) else {}
+    data_ = error.get("error_data") if isinstance(error.get("error_data"), dict) else {}
     title = error.get("message") if isinstance(error.get("message"), str) else None
-    details = data.get("details") if isinstance(data.get("details"), str) else None
-    if response.status_code == 200 and code is None:
+    details = data_.get("details") if isinstance(data_.get("details"), str) else None
+    if status == 200 and code is None:
         # A 200 means Meta took the request, but without a message id there is nothing to record:
         # sending again could deliver it twice. Its status webhooks (our id echoed) will settle it.
         return Answer(Outcome.UNKNOWN_OUTCOME, title="200 without a message id", http_status=200)
-    return Answer(classify(code, response.status_code), code=code, title=title, details=details,
-                  http_status=response.status_code)
+    return Answer(classify(code, status), code=code, title=title, details=details, http_status=status)
+
+
+# A kept-alive connection idle longer than this is not used again: a server closes idle ones after its
+# keep-alive timeout (5 s is common: Apache, Node, the simulator's gunicorn), and a send written just as
+# the server closes its end is lost with no answer, which leaves the message in doubt. So the client
+# opens a fresh connection instead, before the server's timeout can come.
+IDLE_REUSE_LIMIT = 4.0
+
+
+class _FreshWhileIdle:
+    """A connection that reports itself dropped once idle for IDLE_REUSE_LIMIT (urllib3's pool then
+    closes it and connects again before sending)."""
+
+    _last_answer = 0.0
+
+    @property
+    def is_connected(self) -> bool:
+        if self.sock is not None and time.monotonic() - self._last_answer > IDLE_REUSE_LIMIT:
+            return False
+        return super().is_connected  # type: ignore[misc]
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            self._last_answer = time.monotonic()
+
+
+class _HTTPConnection(_FreshWhileIdle, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_FreshWhileIdle, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
 
 
 class Client:
-    """POSTs to the Graph API with the access token; one ``requests.Session`` per client."""
+    """POSTs to the Graph API with the access token.
 
-    def __init__(self, api_url: str, access_token: str, session: requests.Session | None = None) -> None:
+    Sends go through urllib3 directly (requests' own engine): at hundreds of sends a second,
+    requests' layers above it (hooks, cookies, redirects, settings merged per call) cost more CPU
+    than the call itself. ``session`` (requests) serves the occasional management call."""
+
+    def __init__(self, api_url: str, access_token: str, session: requests.Session | None = None,
+                 pool_size: int = 32) -> None:
         self.api_url = api_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {access_token}", "Content-Type": "application/json"}
         self.session = session or requests.Session()
-        # Read the environment's proxy settings once, not on every request (requests otherwise looks
-        # them up, and for a .netrc, per call: a fifth of the sender's CPU at 400 sends a second).
-        self.session.proxies.update(requests.utils.get_environ_proxies(self.api_url))
+        # The environment's proxy settings, read once (requests would look them up on every call).
+        proxies = requests.utils.get_environ_proxies(self.api_url)
+        self.session.proxies.update(proxies)
         self.session.trust_env = False
+        proxy = proxies.get(urllib3.util.parse_url(self.api_url).scheme or "https") or proxies.get("all")
+        kwargs = {"maxsize": pool_size, "retries": False, "ca_certs": requests.certs.where(),
+                  "timeout": urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT)}
+        self.http = urllib3.ProxyManager(proxy, **kwargs) if proxy else urllib3.PoolManager(**kwargs)
+        self.http.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
     def __repr__(self) -> str:  # never the token
         return f"Client({self.api_url!r})"
 
-    def send(self, phone_number_id: str, body: dict[str, Any]) -> Answer:
-        """POST one message; network failures become an ``Answer`` too, never an exception."""
+    def send(self, phone_number_id: str, body: dict[str, Any], before: Callable[[], Any] | None = None) -> Answer:
+        """POST one message; network failures become an ``Answer`` too, never an exception.
+
+        ``before`` runs once the request is ready to write, just before it goes (the send's slot and
+        the limiter's gate: what follows it is as short as it can be); if it raises, nothing is sent."""
         url = f"{self.api_url}/{phone_number_id}/messages"
+        data = json.dumps(body, separators=(",", ":")).encode()
+        if before is not None:
+            before()
         try:
-            response = self.session.post(url, json=body, headers=self._headers,
-                                         timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
-        except requests.ReadTimeout:
+            response = self.http.request("POST", url, body=data, headers=self._headers,
+                                         timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT))
+        except urllib3.exceptions.ReadTimeoutError:
             return Answer(Outcome.UNKNOWN_OUTCOME, title=f"no answer within {READ_TIMEOUT:.0f}s")
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            if _sent_before_failing(exc):
-                return Answer(Outcome.UNKNOWN_OUTCOME, title="connection lost before Meta answered")
+        except (urllib3.exceptions.ConnectTimeoutError, urllib3.exceptions.SSLError,
+                urllib3.exceptions.ProxyError, urllib3.exceptions.LocationParseError) as exc:
+            # Refused, unresolvable, or failed while connecting (NewConnectionError is a
+            # ConnectTimeoutError): nothing went out.
             return Answer(Outcome.TRANSIENT, title=f"network error: {type(exc).__name__}")
-        except requests.RequestException as exc:
+        except urllib3.exceptions.ProtocolError:
+            return Answer(Outcome.UNKNOWN_OUTCOME, title="connection lost before Meta answered")
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
             # Anything else (a truncated answer body, an invalid response): the request went out.
             return Answer(Outcome.UNKNOWN_OUTCOME, title=f"unreadable answer: {type(exc).__name__}")
-        return read_answer(response)
-
-
-def _sent_before_failing(exc: requests.RequestException) -> bool:
-    """True if the connection broke after the request went out (Meta may have it): the connection
-    was aborted or reset mid-exchange. Refused, unresolvable, or timed out while connecting: not sent."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return False
-    inner = exc.args[0] if exc.args else None
-    if isinstance(inner, urllib3.exceptions.MaxRetryError):
-        inner = inner.reason
-    return isinstance(inner, urllib3.exceptions.ProtocolError)
+        return read_answer(response.status, response.data)
 
 
 class TemplateNotFound(LookupError):
