@@ -31,12 +31,12 @@ import contextlib
 import functools
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlalchemy as sa
-from celery import signals
 
 from waflow import compose, dlq, limiter, queues, whatsapp
 from waflow.config import settings
@@ -445,6 +445,13 @@ SELECT (SELECT count(*) FROM settled) AS settled
 """)
 
 
+# _following()'s lookup, prepared, for accept_at_once (after its commit, as settle() looks after its update).
+_NEXT_AT_ONCE = prepared("waflow_next", "(text, text, bigint)", """
+SELECT o.id, o.lane, o.parked, b.token FROM outbound_messages AS o LEFT JOIN broadcasts AS b ON b.id = o.broadcast_id
+WHERE o.phone_number_id = $1 AND o.recipient = $2 AND o.id > $3 AND o.status = 'queued'
+ORDER BY o.id LIMIT 1""")
+
+
 def accept_at_once(conn: sa.Connection, claimed: Claimed, answer: Answer) -> Settled | None:
     """settle() for Meta's acceptance in one statement (PostgreSQL, ``conn`` in autocommit); None
     when it does not apply (no wamid, a business-scoped user id, SQLite), and then settle() decides.
@@ -461,7 +468,9 @@ def accept_at_once(conn: sa.Connection, claimed: Claimed, answer: Answer) -> Set
     ).scalar_one()
     if not settled:
         return Settled("settled meanwhile")
-    return Settled("accepted", _following(conn, row))
+    nxt = execute_prepared(conn, _NEXT_AT_ONCE, row.phone_number_id, row.recipient, row.id).first()
+    return Settled("accepted", [] if nxt is None or not nxt.parked else
+                   [Queued(nxt.id, nxt.lane, row.phone_number_id, nxt.token)])
 
 
 @functools.cache
@@ -577,18 +586,20 @@ def warm_up(threads: int) -> None:
             with autocommit() as conn:  # statements that match nothing: compiled, nothing changed
                 execute_prepared(conn, _CLAIM_AT_ONCE, -1, None, now)
                 execute_prepared(conn, _ACCEPT_AT_ONCE, -1, None, "", now, "", "", "", None, "{}", None)
+                execute_prepared(conn, _NEXT_AT_ONCE, "", "", -1)
     limiter.default_store().warm_up(threads)
     client()
 
 
-@signals.worker_init.connect
-def _warm_up_a_sender(sender: Any = None, **_: Any) -> None:
-    """A worker that consumes a send queue warms up before it takes its first message."""
-    consumed = set(getattr(getattr(getattr(sender, "app", None), "amqp", None), "queues", {}).consume_from or ())
+def warm_up_sender(consumed: set[str], concurrency: int) -> None:
+    """A worker that consumes a send queue warms up (warm_up) before it takes its first message
+    (waflow.tasks calls this as the worker becomes ready). A failure is only logged."""
     if not consumed & set(LANES.values()):
         return
+    started = time.monotonic()
     try:
-        warm_up(int(getattr(sender, "concurrency", 1) or 1))
+        warm_up(concurrency)
+        logger.info("sender warmed up in %.0f ms", (time.monotonic() - started) * 1000)
     except Exception as exc:  # noqa: BLE001 - a database or Redis still starting: the first sends open them
         logger.warning("sender warm-up skipped: %s", type(exc).__name__)
 

@@ -57,6 +57,17 @@ def _declare_the_dead_letter_queue(**_: Any) -> None:
         DEAD_LETTER_QUEUE(conn.default_channel).declare()
 
 
+@signals.worker_ready.connect
+def _warm_up_a_sender(sender: Any = None, **_: Any) -> None:
+    """A sender opens its connections before its event loop handles the first message (the task
+    modules are imported by now; at worker_init they are not yet)."""
+    from waflow.outbound import warm_up_sender
+
+    controller = getattr(sender, "controller", None)
+    consumed = set(getattr(celery_app.amqp.queues, "consume_from", None) or ())
+    warm_up_sender(consumed, int(getattr(controller, "concurrency", None) or 1))
+
+
 @signals.after_setup_logger.connect
 def _one_line_per_task_is_too_many(loglevel: int = logging.INFO, **_: Any) -> None:
     """Keep Celery's "Task … received" and "… succeeded" lines (two per task, thousands a second
