@@ -542,3 +542,24 @@ def test_the_slot_reaches_a_prefork_task_which_starts_on_it(publisher, number, t
     assert max_in_any_window(times) <= 40
     steady_times = [t for t in times if t - times[0] > 1.0]
     assert (len(steady_times) - 1) / (steady_times[-1] - steady_times[0]) >= 0.95 * 40
+
+
+def test_one_reservation_hands_a_batch_of_requests_to_the_pool_on_spaced_slots(store, timer, released, clock):
+    pacing = Pacing(store=store, timer=timer, move_to_pool=released, default_phone_number_id=NUMBER, clock=clock,
+                    lead=0.050, max_batch=4)
+    pacer = TaskPacer(pacing, "waflow.outbound.send", 80.0)
+    started = clock()
+    calls = []
+    reserve = store.reserve
+    store.reserve = lambda *a, **kw: calls.append(kw["count"]) or reserve(*a, **kw)
+    for request in broadcasts(100):
+        pacer.add(request)
+    # Requests that arrive one by one take a slot each (the four within the lead); once the timer
+    # finds many waiting, one call takes up to four, within the lead and half the lead after it.
+    assert calls[:4] == [1, 1, 1, 1] and released.names() == ["b0", "b1", "b2", "b3"]
+    timer.advance(0.5)
+    dues = [r.request_dict[limiter.SLOT_KEY]["due"] for r in released]
+    assert dues == pytest.approx([started + i * T80 for i in range(len(dues))], abs=1e-5)
+    # About two slots a call here (the window holds two or three at 80/s): the timer is set from the
+    # batch's end, not from a second call that would only be told to wait.
+    assert max(calls) == 4 and len(calls) <= len(released) * 0.7

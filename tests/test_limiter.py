@@ -407,3 +407,21 @@ def test_a_task_slightly_past_its_slot_sends_at_once(tmp_path, clock):
     request = request_with_slot(NOW - limiter.SLOT_TOLERANCE / 2)
     assert limiter.wait_for_slot(request, store=FileStore(tmp_path, 80, clock=clock), clock=clock, sleep=sleep) == 0
     assert sleep.calls == []
+
+
+@pytest.mark.skipif(not REDIS_URL, reason=SKIP_REDIS)
+def test_a_warmed_up_redis_store_has_its_scripts_loaded_and_its_connections_open(number):
+    client = _redis_client()
+    client.script_flush()
+    store = RedisStore.from_url(REDIS_URL, 80)
+    store.warm_up(3)
+    assert client.script_exists(*(s.sha for s in store._scripts.values())) == [True] * len(store._scripts)
+    assert len(store.client.connection_pool._available_connections) >= 3
+
+
+@pytest.mark.skipif(not REDIS_URL, reason=SKIP_REDIS)
+def test_a_redis_server_that_lost_the_scripts_gets_them_again(number):
+    store = RedisStore.from_url(REDIS_URL, 80)
+    assert isinstance(store.reserve(number, 1.0), Reservation)
+    _redis_client().script_flush()  # a restart, or SCRIPT FLUSH
+    assert isinstance(store.reserve(number, 1.0), Reservation)

@@ -18,7 +18,7 @@ from support import SimulatorProcess, free_port, orm
 from waflow import compose, limiter, outbound, whatsapp
 from waflow.config import settings
 from waflow.core import upsert_contact, upsert_conversation
-from waflow.db import transaction
+from waflow.db import autocommit, get_engine, transaction
 from waflow.events import ContactInfo
 from waflow.models import Message, MessageStatus, OutboundMessage
 from waflow.tasks import TransientError
@@ -38,6 +38,8 @@ def stage(meta, db_url, monkeypatch, tmp_path):
     """The outbound stage wired to the test database, the simulator and a fresh limiter store."""
     meta.control("POST", "reset")
     monkeypatch.setattr(outbound, "transaction", lambda: transaction(db_url))
+    monkeypatch.setattr(outbound, "autocommit", lambda: autocommit(db_url))
+    monkeypatch.setattr(outbound, "get_engine", lambda **kw: get_engine(db_url, **kw))
     monkeypatch.setattr(outbound, "_client", whatsapp.Client(meta.api_url, settings.access_token))
     store = limiter.FileStore(tmp_path / "limiter", settings.send_rate)
     monkeypatch.setattr(limiter, "default_store", lambda: store)
@@ -529,3 +531,119 @@ def test_a_message_put_back_after_its_broadcast_was_cancelled_is_not_sent(stage)
 def row_id_for(db: str, recipient: str) -> int:
     with orm(db) as session:
         return session.scalars(sa.select(OutboundMessage.id).where(OutboundMessage.recipient == recipient)).first()
+
+
+# --- the one-statement path (PostgreSQL) and the client's connections ----------------------------------------------
+
+
+def _postgresql_only(stage) -> None:
+    if stage.db.startswith("sqlite"):
+        pytest.skip("the one-statement claim and acceptance are PostgreSQL's; SQLite takes the full path")
+
+
+def _statements(engine) -> list[str]:
+    """Record every statement the engine sends (from now until the test ends)."""
+    seen: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a, **_: seen.append(a[2]))
+    return seen
+
+
+def template(case: str) -> dict:
+    return {"kind": "template", "name": "case_update", "parameters": [case]}
+
+
+def test_a_template_send_is_claimed_and_recorded_in_one_statement_each(stage):
+    _postgresql_only(stage)
+    oid = command(stage.db, "15550006001", template("2026-201"))
+    quick, full = _statements(get_engine(stage.db, autocommit=True)), _statements(get_engine(stage.db))
+    assert send(oid) == "accepted"
+    # Claim, acceptance (its contact, conversation and message in the same statement), next message.
+    assert [s.split("(")[0] for s in quick] == ["EXECUTE waflow_claim", "SET LOCAL synchronous_commit TO OFF; EXECUTE waflow_accept",
+                                                "EXECUTE waflow_next"]
+    assert full == []
+    stored = row(stage.db, oid)
+    assert stored.status == "accepted" and stored.attempts == 1 and stored.wamid
+    with orm(stage.db) as session:
+        message = session.scalars(sa.select(Message).where(Message.wamid == stored.wamid)).one()
+    assert message.direction == "outbound" and message.content["outbound_id"] == oid
+
+
+def test_the_one_statement_acceptance_keeps_a_status_that_came_first(stage):
+    _postgresql_only(stage)
+    oid = command(stage.db, "15550006002", template("2026-202"))
+    with outbound.autocommit() as conn:
+        claimed = outbound.claim_at_once(conn, oid, stage.store, "task-1")
+    wamid = "wamid.early-status"
+    with transaction(stage.db) as conn:  # Meta's "delivered" webhook was stored before the answer
+        conn.execute(sa.insert(MessageStatus).values(wamid=wamid, status="delivered", content={},
+                                                     timestamp=datetime.now(timezone.utc)))
+    answer = whatsapp.Answer(whatsapp.Outcome.ACCEPTED, wamid=wamid, wa_id="15550006002", http_status=200)
+    with outbound.autocommit() as conn:
+        assert outbound.accept_at_once(conn, claimed, answer).status == "accepted"
+        # A second answer for the same claim (a redelivered task's) changes nothing.
+        assert outbound.accept_at_once(conn, claimed, answer).status == "settled meanwhile"
+    with orm(stage.db) as session:
+        assert session.scalars(sa.select(Message.status).where(Message.wamid == wamid)).one() == "delivered"
+
+
+def test_a_one_statement_claim_put_off_by_pair_pacing_takes_its_mark_back(stage):
+    _postgresql_only(stage)
+    oids = [command(stage.db, "15550006003", template(f"2026-3{i:02d}")) for i in range(limiter.PAIR_BURST + 1)]
+    assert [send(oid) for oid in oids[:-1]] == ["accepted"] * limiter.PAIR_BURST
+    assert send(oids[-1]) == "deferred"
+    stored = row(stage.db, oids[-1])
+    assert (stored.status, stored.attempts, stored.claimed_by) == ("queued", 0, None)
+    assert len(stage.queued) == 1  # put back on its queue for later
+
+
+def test_a_template_behind_one_still_on_its_way_parks_and_is_sent_on_by_its_acceptance(stage):
+    _postgresql_only(stage)
+    first = command(stage.db, "15550006004", template("2026-401"))
+    second = command(stage.db, "15550006004", template("2026-402"))
+    assert send(second).startswith("waiting for outbound")  # the one statement matched nothing: full claim
+    assert send(first) == "accepted"
+    [(args, _)] = stage.queued
+    assert args == (second,)
+    assert send(second) == "accepted"
+
+
+def test_a_connection_idle_past_the_limit_is_replaced_before_a_send(stage, monkeypatch):
+    client = whatsapp.Client(stage.meta.api_url, settings.access_token)
+    pool = client.http.connection_from_url(stage.meta.api_url)
+
+    def local_port() -> int:
+        return pool.pool.queue[-1].sock.getsockname()[1]
+
+    body = compose.request_body(compose.parse(template("2026-501")), "15550006005")
+    assert client.send(NUMBER, body).outcome is whatsapp.Outcome.ACCEPTED
+    first = local_port()
+    assert client.send(NUMBER, body).outcome is whatsapp.Outcome.ACCEPTED
+    assert local_port() == first  # kept alive and used again
+    monkeypatch.setattr(whatsapp, "IDLE_REUSE_LIMIT", 0.05)
+    import time
+
+    time.sleep(0.1)
+    assert client.send(NUMBER, body).outcome is whatsapp.Outcome.ACCEPTED
+    assert local_port() != first  # idle too long: a fresh connection, before the server could close it
+
+
+def test_nothing_is_sent_when_the_slot_cannot_be_had(stage):
+    client = whatsapp.Client(stage.meta.api_url, settings.access_token)
+
+    def no_slot():
+        raise limiter.LimiterUnavailable("redis: connection refused")
+
+    with pytest.raises(limiter.LimiterUnavailable):
+        client.send(NUMBER, compose.request_body(compose.parse(template("2026-601")), "15550006006"), before=no_slot)
+    assert stage.meta.sends(to="15550006006") == []
+
+
+def test_a_sender_warms_up_its_connections_and_statements(stage, monkeypatch):
+    outbound.warm_up(3)
+    if not stage.db.startswith("sqlite"):
+        assert get_engine(stage.db, autocommit=True).pool.checkedin() >= 3
+    warmed = []
+    monkeypatch.setattr(outbound, "warm_up", warmed.append)
+    outbound.warm_up_sender({"wa.incoming.raw"}, 4)
+    outbound.warm_up_sender({"wa.outgoing.broadcast"}, 8)
+    assert warmed == [8]  # only a worker that consumes a send queue

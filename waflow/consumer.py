@@ -220,10 +220,10 @@ class TaskPacer:
         self._release_cancelled(bucket)
         pacing = self.pacing
         while bucket.pending():
+            asked = min(bucket.pending(), pacing.max_batch)
             try:
                 outcome = pacing.store.reserve(bucket.phone_number_id, pacing.lead, self.default_rate,
-                                               count=min(bucket.pending(), pacing.max_batch),
-                                               span=pacing.lead * BATCH_SPAN)
+                                               count=asked, span=pacing.lead * BATCH_SPAN)
             except Exception as exc:  # noqa: BLE001 - a bucket must never be left without its timer
                 pacing.outage.failed(exc, pacing.clock())
                 self._schedule(bucket, RECHECK_WHEN_DOWN)
@@ -239,6 +239,11 @@ class TaskPacer:
                     "phone_number_id": bucket.phone_number_id,
                     "rate": self.default_rate,
                 })
+            if outcome.count < asked and outcome.interval > 0:
+                # The window ended the batch: the next slot comes within the lead this much later
+                # (unless another worker takes it first). Asking now would only be told to wait.
+                self._schedule(bucket, outcome.delay + outcome.count * outcome.interval - pacing.lead)
+                return
 
     def _cancelled(self, request: Any) -> bool:
         broadcast_id = _header(request, BROADCAST_HEADER)
