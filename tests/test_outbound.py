@@ -647,3 +647,15 @@ def test_a_sender_warms_up_its_connections_and_statements(stage, monkeypatch):
     outbound.warm_up_sender({"wa.incoming.raw"}, 4)
     outbound.warm_up_sender({"wa.outgoing.broadcast"}, 8)
     assert warmed == [8]  # only a worker that consumes a send queue
+
+
+def test_a_preconnected_client_sends_on_a_connection_it_opened_beforehand(stage):
+    client = whatsapp.Client(stage.meta.api_url, settings.access_token)
+    client.preconnect(3)
+    pool = client.http.connection_from_url(stage.meta.api_url)
+    opened = {conn.sock.getsockname()[1] for conn in pool.pool.queue if conn is not None and conn.sock is not None}
+    assert len(opened) == 3
+    body = compose.request_body(compose.parse(template("2026-701")), "15550006007")
+    assert client.send(NUMBER, body).outcome is whatsapp.Outcome.ACCEPTED
+    used = {conn.sock.getsockname()[1] for conn in pool.pool.queue if conn is not None and conn.sock is not None}
+    assert used == opened  # no new connection was needed

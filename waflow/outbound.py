@@ -570,7 +570,7 @@ dlq.REPLAY_HOOKS["waflow.outbound.send_message"] = reopen
 def warm_up(threads: int) -> None:
     """Open, before the first send, what the first sends would otherwise open while their slots pass:
     database connections (with SQLAlchemy's first-connect queries), the send path's statements in
-    their compiled form, and the limiter's store. Measured with bench/send.py at 400/s: without it,
+    their compiled form, the limiter's store and connections to Meta. Measured with bench/send.py at 400/s: without it,
     the first half second of a sender's sends came 100-300 ms past their slots."""
     postgresql = get_engine().dialect.name == "postgresql"
     # The send path's statements run on the autocommit engine; the other engine serves the rare
@@ -588,7 +588,7 @@ def warm_up(threads: int) -> None:
                 execute_prepared(conn, _ACCEPT_AT_ONCE, -1, None, "", now, "", "", "", None, "{}", None)
                 execute_prepared(conn, _NEXT_AT_ONCE, "", "", -1)
     limiter.default_store().warm_up(threads)
-    client()
+    client().preconnect(threads)
 
 
 def warm_up_sender(consumed: set[str], concurrency: int) -> None:

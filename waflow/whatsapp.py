@@ -197,6 +197,19 @@ class Client:
     def __repr__(self) -> str:  # never the token
         return f"Client({self.api_url!r})"
 
+    def preconnect(self, connections: int) -> None:
+        """Open ``connections`` connections to the Graph host now (TCP and TLS, no request), as the
+        first sends of as many threads at once would otherwise do while their slots pass."""
+        pool = self.http.connection_from_url(self.api_url)
+        opened = [pool._get_conn() for _ in range(max(1, min(connections, pool.pool.maxsize)))]
+        try:
+            for conn in opened:
+                conn.connect()
+                conn._last_answer = time.monotonic()
+        finally:
+            for conn in opened:
+                pool._put_conn(conn)
+
     def send(self, phone_number_id: str, body: dict[str, Any], before: Callable[[], Any] | None = None) -> Answer:
         """POST one message; network failures become an ``Answer`` too, never an exception.
 
