@@ -536,9 +536,8 @@ def row_id_for(db: str, recipient: str) -> int:
 # --- the one-statement path (PostgreSQL) and the client's connections ----------------------------------------------
 
 
-def _postgresql_only(stage) -> None:
-    if stage.db.startswith("sqlite"):
-        pytest.skip("the one-statement claim and acceptance are PostgreSQL's; SQLite takes the full path")
+# The one-statement claim and acceptance are PostgreSQL's (SQLite takes the full path, tested above).
+postgresql_only = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 
 
 def _statements(engine) -> list[str]:
@@ -552,8 +551,8 @@ def template(case: str) -> dict:
     return {"kind": "template", "name": "case_update", "parameters": [case]}
 
 
+@postgresql_only
 def test_a_template_send_is_claimed_and_recorded_in_one_statement_each(stage):
-    _postgresql_only(stage)
     oid = command(stage.db, "15550006001", template("2026-201"))
     quick, full = _statements(get_engine(stage.db, autocommit=True)), _statements(get_engine(stage.db))
     assert send(oid) == "accepted"
@@ -568,8 +567,8 @@ def test_a_template_send_is_claimed_and_recorded_in_one_statement_each(stage):
     assert message.direction == "outbound" and message.content["outbound_id"] == oid
 
 
+@postgresql_only
 def test_the_one_statement_acceptance_keeps_a_status_that_came_first(stage):
-    _postgresql_only(stage)
     oid = command(stage.db, "15550006002", template("2026-202"))
     with outbound.autocommit() as conn:
         claimed = outbound.claim_at_once(conn, oid, stage.store, "task-1")
@@ -586,8 +585,8 @@ def test_the_one_statement_acceptance_keeps_a_status_that_came_first(stage):
         assert session.scalars(sa.select(Message.status).where(Message.wamid == wamid)).one() == "delivered"
 
 
+@postgresql_only
 def test_a_one_statement_claim_put_off_by_pair_pacing_takes_its_mark_back(stage):
-    _postgresql_only(stage)
     oids = [command(stage.db, "15550006003", template(f"2026-3{i:02d}")) for i in range(limiter.PAIR_BURST + 1)]
     assert [send(oid) for oid in oids[:-1]] == ["accepted"] * limiter.PAIR_BURST
     assert send(oids[-1]) == "deferred"
@@ -596,8 +595,8 @@ def test_a_one_statement_claim_put_off_by_pair_pacing_takes_its_mark_back(stage)
     assert len(stage.queued) == 1  # put back on its queue for later
 
 
+@postgresql_only
 def test_a_template_behind_one_still_on_its_way_parks_and_is_sent_on_by_its_acceptance(stage):
-    _postgresql_only(stage)
     first = command(stage.db, "15550006004", template("2026-401"))
     second = command(stage.db, "15550006004", template("2026-402"))
     assert send(second).startswith("waiting for outbound")  # the one statement matched nothing: full claim
