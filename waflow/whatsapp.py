@@ -201,6 +201,7 @@ class Client:
         """Open ``connections`` connections to the Graph host now (TCP and TLS, no request), as the
         first sends of as many threads at once would otherwise do while their slots pass."""
         pool = self.http.connection_from_url(self.api_url)
+        # urllib3 has no public call for this: take connections out of the pool and put them back.
         opened = [pool._get_conn() for _ in range(max(1, min(connections, pool.pool.maxsize)))]
         try:
             for conn in opened:
