@@ -25,7 +25,7 @@ from sqlalchemy import bindparam
 from waflow import outbound, queues
 from waflow.db import insert, transaction
 from waflow.events import ContactInfo, InvalidEvent, NormalizedEvent
-from waflow.models import STATUS_RANK, Contact, Conversation, Message, MessageStatus, WebhookEvent
+from waflow.models import STATUS_RANK, Contact, Conversation, Message, MessageStatus, WebhookEvent, status_rank
 from waflow.tasks import stage_task
 
 logger = logging.getLogger(__name__)
@@ -125,11 +125,6 @@ def persist_message(conn: sa.Connection, event: NormalizedEvent) -> int | None:
         "sent_at": sent_at, "received_at": _at(event.received_at),
         "context_wamid": msg.context.quoted_wamid if msg.context else None, "content": content,
     }).scalar()
-
-
-def status_rank(column: Any) -> Any:
-    """A status column's rank (``models.STATUS_RANK``) in SQL; 0 for a status without one."""
-    return sa.case(*((column == name, rank) for name, rank in STATUS_RANK.items()), else_=0)
 
 
 def persist_status(conn: sa.Connection, event: NormalizedEvent, following: list | None = None) -> bool:

@@ -33,6 +33,11 @@ created_at = Annotated[datetime, mapped_column(sa.DateTime(timezone=True), defau
 STATUS_RANK = {"sent": 1, "delivered": 2, "failed": 3, "read": 4, "played": 5}
 
 
+def status_rank(column: Any) -> Any:
+    """A status column's rank (STATUS_RANK) in SQL; 0 for a status without one."""
+    return sa.case(*((column == name, rank) for name, rank in STATUS_RANK.items()), else_=0)
+
+
 class WebhookPayload(Base):
     """Every distinct webhook body exactly as Meta signed it, for audit."""
 

@@ -37,12 +37,13 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from waflow import compose, dlq, limiter, queues, whatsapp
 from waflow.config import settings
 from waflow.db import POOL_SIZE, autocommit, execute_prepared, get_engine, insert, prepared, transaction
 from waflow.events import ContactInfo
-from waflow.models import Broadcast, Contact, Conversation, Message, MessageStatus, OutboundMessage
+from waflow.models import Broadcast, Contact, Conversation, Message, MessageStatus, OutboundMessage, status_rank
 from waflow.tasks import MAX_COUNTDOWN, TransientError, stage_task
 from waflow.whatsapp import Answer, Client, Outcome
 
@@ -305,13 +306,16 @@ def claim_at_once(conn: sa.Connection, outbound_id: int, store: limiter.Store,
     row = execute_prepared(conn, _CLAIM_AT_ONCE, outbound_id, task_id, datetime.now(timezone.utc)).first()
     if row is None:
         return None
+    def take_back() -> None:
+        conn.execute(_UNCLAIM, {"oid": outbound_id, "task": task_id, "now": datetime.now(timezone.utc)})
+
     try:
         wait = 0.0 if row.kind == "read" else store.pair_reserve(row.phone_number_id, row.recipient)
     except BaseException:
-        conn.execute(_UNCLAIM, {"oid": outbound_id, "task": task_id, "now": datetime.now(timezone.utc)})
+        take_back()
         raise
     if wait > 0:
-        conn.execute(_UNCLAIM, {"oid": outbound_id, "task": task_id, "now": datetime.now(timezone.utc)})
+        take_back()
         return Defer(max(MIN_DEFER, wait))
     body = dict(row.payload)
     if row.kind != "read":
@@ -404,10 +408,9 @@ def accept(conn: sa.Connection, row: Any, wamid: str | None, wa_id: str | None, 
 
 
 def _rank_sql(column: str) -> str:
-    """``core.status_rank`` as SQL text, for the one statement below."""
-    from waflow.models import STATUS_RANK
-
-    return "CASE " + " ".join(f"WHEN {column} = '{name}' THEN {rank}" for name, rank in STATUS_RANK.items()) + " ELSE 0 END"
+    """``models.status_rank`` as PostgreSQL text, for the one statement below."""
+    return str(status_rank(sa.literal_column(column)).compile(dialect=postgresql.dialect(),
+                                                              compile_kwargs={"literal_binds": True}))
 
 
 # accept() in one statement, on PostgreSQL, for a send to a phone number that Meta accepted with a wamid:
@@ -477,8 +480,6 @@ def accept_at_once(conn: sa.Connection, claimed: Claimed, answer: Answer) -> Set
 def _insert_message(dialect: str) -> Any:
     """The outbound message's row, built once per dialect, with the furthest status already kept for its
     wamid folded in (status webhooks can arrive before the send is recorded)."""
-    from waflow.core import status_rank
-
     def furthest(column: Any) -> Any:
         return (sa.select(column).where(MessageStatus.wamid == sa.bindparam("status_wamid"),
                                         status_rank(MessageStatus.status) > 0)
@@ -635,7 +636,7 @@ def deliver(outbound_id: int, request: Any, retries: int, max_retries: int) -> s
         enqueue(step.following)
         return step.reason
     try:
-        # The slot's wait and the limiter's gate run last, once the request is ready to write.
+        # The wait for the slot runs last, once the request is ready to write.
         answer = client().send(step.phone_number_id, step.body, before=lambda: limiter.wait_for_slot(request))
     except limiter.LimiterUnavailable as exc:
         # Nothing went to Meta: hand the message back rather than leave it `sending` (in doubt).

@@ -189,8 +189,8 @@ class Client:
         self.session.proxies.update(proxies)
         self.session.trust_env = False
         proxy = proxies.get(urllib3.util.parse_url(self.api_url).scheme or "https") or proxies.get("all")
-        kwargs = {"maxsize": pool_size, "retries": False, "ca_certs": requests.certs.where(),
-                  "timeout": urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT)}
+        # Timeouts are given per call (send), from CONNECT_TIMEOUT and READ_TIMEOUT as they stand then.
+        kwargs = {"maxsize": pool_size, "retries": False, "ca_certs": requests.certs.where()}
         self.http = urllib3.ProxyManager(proxy, **kwargs) if proxy else urllib3.PoolManager(**kwargs)
         self.http.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
@@ -214,8 +214,8 @@ class Client:
     def send(self, phone_number_id: str, body: dict[str, Any], before: Callable[[], Any] | None = None) -> Answer:
         """POST one message; network failures become an ``Answer`` too, never an exception.
 
-        ``before`` runs once the request is ready to write, just before it goes (the send's slot and
-        the limiter's gate: what follows it is as short as it can be); if it raises, nothing is sent."""
+        ``before`` runs once the request is ready to write, just before it goes (the wait for the
+        send's slot: what follows it is as short as it can be); if it raises, nothing is sent."""
         url = f"{self.api_url}/{phone_number_id}/messages"
         data = json.dumps(body, separators=(",", ":")).encode()
         if before is not None:
