@@ -18,7 +18,8 @@ isolation  web, ingestor, core, media and 2 senders: inbound webhook-to-row
            then while a 10,000-recipient broadcast drains; during it, a reply is
            commanded and timed from its command to Meta's acceptance.
 
-Writes ``bench/out/send-<timestamp>.json`` and prints tables.
+Writes ``bench/out/send-<timestamp>.json`` (and, per pacing run, the accepted sends' times in
+its log folder, ``times-<consumer>-<senders>-<rate>.json``) and prints tables.
 """
 from __future__ import annotations
 
@@ -154,6 +155,7 @@ def pacing_run(bench: Bench, consumer: str, senders: int, rate: int, args: argpa
         bench.procs.stop(name)
     common.purge(SEND_QUEUES)
     times = bench.accepted(number)
+    (bench.out / f"times-{consumer}-{senders}-{rate}.json").write_text(json.dumps(times))
     stats = bench.control("GET", "stats")
     total = times[-1] - times[0] if len(times) > 1 else None
     return {

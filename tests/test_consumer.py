@@ -122,8 +122,10 @@ def released(clock) -> Released:
 
 @pytest.fixture
 def pacer(store, timer, released, clock) -> TaskPacer:
+    # These tests follow order, lanes and timers from the first slot on: an idle number's first slot
+    # is "now" here (claim_room 0); the room left for the claim has a test of its own.
     pacing = Pacing(store=store, timer=timer, move_to_pool=released, default_phone_number_id=NUMBER, clock=clock,
-                    lead=LEAD)
+                    lead=LEAD, claim_room=0.0)
     return TaskPacer(pacing, "waflow.outbound.send", 80.0)
 
 
@@ -261,6 +263,38 @@ def test_clear_pending_forgets_what_waits_and_its_timer(pacer, timer, released):
     assert released.names() == ["b0", "b1", "after-reconnect"]
 
 
+def test_an_idle_numbers_first_slot_leaves_the_task_room_to_claim_its_message(store, timer, released, clock):
+    pacing = Pacing(store=store, timer=timer, move_to_pool=released, default_phone_number_id=NUMBER, clock=clock,
+                    lead=0.050)
+    pacer = TaskPacer(pacing, "waflow.outbound.send", 80.0)
+    started = clock()
+    for request in broadcasts(10):
+        pacer.add(request)
+    dues = [r.request_dict[limiter.SLOT_KEY]["due"] for r in released]
+    # Not "now", which the task could not reach: half the lead ahead, then evenly spaced.
+    assert dues == pytest.approx([started + 0.025, started + 0.025 + T80], abs=1e-5)
+    assert released.at == [started, started]
+
+
+def test_a_full_pool_gets_no_slot_until_a_pool_slot_frees(store, timer, released, clock):
+    finished = []
+    pacing = Pacing(store=store, timer=timer, move_to_pool=released, default_phone_number_id=NUMBER, clock=clock,
+                    lead=0.050, max_batch=4, capacity=2, in_pool=lambda: len(released) - len(finished))
+    pacer = TaskPacer(pacing, "waflow.outbound.send", 80.0)
+    for request in broadcasts(10):
+        pacer.add(request)
+    assert released.names() == ["b0", "b1"]
+    next_slot = store.status(NUMBER)["next_slot_in"]
+    timer.advance(0.2)
+    # Nothing left and nothing was reserved meanwhile: the slots went to workers with room.
+    assert released.names() == ["b0", "b1"] and store.status(NUMBER)["next_slot_in"] <= next_slot
+    finished.append("b0")
+    timer.advance(consumer.POOL_FULL_RECHECK)
+    assert released.names() == ["b0", "b1", "b2"]
+    due = released[2].request_dict[limiter.SLOT_KEY]["due"]
+    assert due - released.at[2] >= 0.025 - 1e-6
+
+
 def test_a_pacer_is_true_even_when_nothing_waits(pacer):
     # Celery's strategy skips the bucket for a request when `not bucket`.
     assert pacer.pending() == 0 and bool(pacer) is True
@@ -299,8 +333,8 @@ def test_the_remote_rate_limit_command_changes_the_rate_and_keeps_what_waits(pac
     for request in broadcasts(10):
         paced_consumer._limit_task(request, pacer, 1)
     assert control.rate_limit(state, "t.send", "10/s") == {"ok": "new rate limit set successfully"}
-    # The slots within the (default) lead left at once; the rest wait.
-    waiting = 10 - (math.floor(_DEFAULT_LEAD / T80) + 1)
+    # The slots within the (default) lead left at once, the first of them the claim room ahead; the rest wait.
+    waiting = 10 - (math.floor(_DEFAULT_LEAD * (1 - consumer.CLAIM_ROOM) / T80) + 1)
     assert paced_consumer.task_buckets["t.send"] is pacer and pacer.default_rate == 10 and pacer.pending() == waiting
     assert control.rate_limit(state, "t.other", "5/m") == {"ok": "new rate limit set successfully"}
     assert paced_consumer.task_buckets["t.other"].default_rate == pytest.approx(5 / 60)
@@ -333,6 +367,30 @@ def test_the_hub_fires_timers_due_past_its_cap_without_a_one_second_pause():
         reader.close()
         writer.close()
     assert fired and fired[0] < 0.1
+
+
+@requires_rabbitmq
+def test_the_loops_first_turn_reads_what_came_without_waiting_100ms_for_more():
+    """Celery's loop starts with ``_quick_drain``: drain_events(timeout=0.1) on the broker
+    connection, which blocks the loop, and every pacing timer with it, for 100 ms once nothing
+    more arrives. The paced consumer's hub runs it with no wait."""
+    from celery.worker import loops
+    from kombu import Connection
+
+    hub = Hub(Timer(max_interval=10.0))
+    consumer._start_without_blocking_the_loop(hub)
+    with Connection(AMQP_URL) as conn:
+        conn.connect()
+        stock = time.monotonic()
+        loops._quick_drain(conn.connection)
+        stock = time.monotonic() - stock
+        hub.call_soon(loops._quick_drain, conn.connection)
+        started = time.monotonic()
+        for item in hub._pop_ready():
+            item()
+        paced = time.monotonic() - started
+    hub.close()
+    assert stock >= 0.09 and paced < 0.02, (stock, paced)
 
 
 # --- Real workers ----------------------------------------------------------------------------
@@ -546,7 +604,7 @@ def test_the_slot_reaches_a_prefork_task_which_starts_on_it(publisher, number, t
 
 def test_one_reservation_hands_a_batch_of_requests_to_the_pool_on_spaced_slots(store, timer, released, clock):
     pacing = Pacing(store=store, timer=timer, move_to_pool=released, default_phone_number_id=NUMBER, clock=clock,
-                    lead=0.050, max_batch=4)
+                    lead=0.050, max_batch=4, claim_room=0.0)
     pacer = TaskPacer(pacing, "waflow.outbound.send", 80.0)
     started = clock()
     calls = []

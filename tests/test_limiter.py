@@ -123,6 +123,26 @@ def test_a_batch_takes_no_more_slots_than_asked_for(number, store):
     assert delays(store, number, 1) == pytest.approx([3 * T80], abs=EXACT)
 
 
+def test_an_idle_number_gives_its_first_slot_no_sooner_than_asked(number, store, clock):
+    # A slot sooner than the task can claim its message would pass unused.
+    batch = store.reserve(number, 0.050, count=3, span=0.025, not_before=0.025)
+    assert isinstance(batch, Reservation)
+    assert batch.delays() == pytest.approx([0.025, 0.025 + T80, 0.025 + 2 * T80], abs=EXACT)
+    # The next slot follows the batch, as ever.
+    assert delays(store, number, 1, not_before=0.025) == pytest.approx([0.025 + 3 * T80], abs=EXACT)
+
+
+def test_a_busy_number_gives_the_next_slot_when_it_is_further_than_not_before(number, store, clock):
+    delays(store, number, 4)  # the next slot is 4·T (51 ms) away
+    assert delays(store, number, 1, not_before=0.025) == pytest.approx([4 * T80], abs=EXACT)
+    clock.advance(4 * T80 + T80 - 0.010)  # the next slot is 10 ms away: it moves to 25 ms
+    assert delays(store, number, 1, lead=0.050, not_before=0.025) == pytest.approx([0.025], abs=EXACT)
+
+
+def test_not_before_never_reaches_past_the_lead(number, store):
+    assert delays(store, number, 1, lead=0.010, not_before=0.025) == pytest.approx([0.010], abs=EXACT)
+
+
 def test_it_allows_no_burst_after_idling(number, store, clock):
     delays(store, number, 10)
     clock.advance(600)

@@ -27,6 +27,11 @@ unacked in the worker's main process, as stock ones do, never in a pool slot:
 - **The slot travels with the request.** A request goes to the pool up to ``LEAD`` before its slot,
   with ``waflow_slot`` in its header dict; the task calls ``limiter.wait_for_slot(self.request)``
   right before its POST.
+- **Slots a task can reach.** A request goes to the pool only while a pool slot is free for it, and
+  no slot is taken sooner than half the lead (``CLAIM_ROOM``): a slot the task cannot reach in time
+  passes unused.
+- **No wait as the loop starts.** Celery's loop begins by reading the prefetched messages and then
+  waiting 100 ms more for others, while no timer fires (:func:`_start_without_blocking_the_loop`).
 - **Store down**: logged once per outage, re-checked every second; nothing leaves without a slot.
 - On connection loss Celery calls ``clear_pending()`` (the broker redelivers what waited); ETA
   messages enter the bucket once their ETA passes, as stock.
@@ -46,6 +51,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from celery.utils.time import rate
+from celery.worker import loops
+from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer
 from kombu.asynchronous import Hub
 
@@ -74,6 +81,16 @@ LEAD = 0.050
 # LEAD, and all but one are told to wait: taking a batch makes such rounds rarer. At 80/s a call
 # takes one or two slots.
 BATCH_SPAN = 0.5
+# No slot is taken sooner than this fraction of LEAD: a task needs that long to reach the pool and
+# claim its message, and a slot it cannot reach passes unused (the task then takes a fresh one).
+# It matters when the number was idle (the next free slot is "now") or the consumers fell behind;
+# otherwise the next slot lies LEAD away. At 400/s, before: a third of the first 0.3 s of slots
+# went that way (bench/send.py).
+CLAIM_ROOM = 0.5
+# A request is handed to the pool only while a pool slot is free for it: one queued behind busy
+# slots would start after its send slot (seen at 400/s: 40-150 ms late, each costing a slot).
+# While every pool slot is taken, the consumer looks again this often (without asking the store).
+POOL_FULL_RECHECK = 0.005
 # A store that cannot be reached is asked again this often.
 RECHECK_WHEN_DOWN = 1.0
 # A bucket looks again at least this often, even during a long pause (Meta's 130429): a
@@ -94,6 +111,25 @@ def _fire_due_timers_without_pause(hub: Hub) -> None:
     blocking and fires the rest; an empty timer still sleeps its second (``create_loop``).
     """
     hub.fire_timers = functools.partial(type(hub).fire_timers, hub, min_delay=0)
+
+
+def _start_without_blocking_the_loop(hub: Hub) -> None:
+    """Make the event loop's first turn read what the broker has already sent without then waiting.
+
+    As it starts, Celery's loop queues ``loops._quick_drain``, which reads the prefetched messages
+    with ``drain_events(timeout=0.1)``: after the last of them it blocks the loop a whole 100 ms
+    more. No pacing timer fires meanwhile, so the slots of a sender's first 100 ms go unused
+    (measured at 80/s: three sends, then nothing for 100 ms). With a zero timeout py-amqp reads
+    what is there and stops (it keeps a partly read frame for the next read).
+    """
+    call_soon = hub.call_soon
+
+    def call_soon_without_waiting(callback: Any, *args: Any) -> Any:
+        if callback is loops._quick_drain:
+            callback = functools.partial(loops._quick_drain, timeout=0)
+        return call_soon(callback, *args)
+
+    hub.call_soon = call_soon_without_waiting
 
 
 class _Outage:
@@ -124,8 +160,14 @@ class Pacing:
     move_to_pool: Callable[[Any], None]
     default_phone_number_id: str
     lead: float = LEAD
+    # No slot sooner than lead × claim_room (CLAIM_ROOM).
+    claim_room: float = CLAIM_ROOM
     # The most slots one call reserves: half the pool, so a batch never waits for a pool slot.
     max_batch: int = 1
+    # The pool's size, and how many requests it holds now (handed over, not finished): a request
+    # for which no pool slot is free would start after its slot has passed.
+    capacity: int | None = None
+    in_pool: Callable[[], int] = lambda: 0
     clock: Callable[[], float] = time.time
     # The Hub runs timers and message handlers on one thread; timer2 (transports without an event
     # loop) runs timers on its own.
@@ -220,10 +262,14 @@ class TaskPacer:
         self._release_cancelled(bucket)
         pacing = self.pacing
         while bucket.pending():
-            asked = min(bucket.pending(), pacing.max_batch)
+            free = pacing.max_batch if pacing.capacity is None else pacing.capacity - pacing.in_pool()
+            if free <= 0:
+                self._schedule(bucket, POOL_FULL_RECHECK)
+                return
+            asked = min(bucket.pending(), pacing.max_batch, free)
             try:
-                outcome = pacing.store.reserve(bucket.phone_number_id, pacing.lead, self.default_rate,
-                                               count=asked, span=pacing.lead * BATCH_SPAN)
+                outcome = pacing.store.reserve(bucket.phone_number_id, pacing.lead, self.default_rate, count=asked,
+                                               span=pacing.lead * BATCH_SPAN, not_before=pacing.lead * pacing.claim_room)
             except Exception as exc:  # noqa: BLE001 - a bucket must never be left without its timer
                 pacing.outage.failed(exc, pacing.clock())
                 self._schedule(bucket, RECHECK_WHEN_DOWN)
@@ -297,8 +343,11 @@ class PacedConsumer(Consumer):
         self.pacing.timer = self.timer
         concurrency = getattr(self.pool, "num_processes", None) or getattr(self.controller, "concurrency", 1)
         self.pacing.max_batch = max(1, int(concurrency or 1) // 2)
+        self.pacing.capacity = max(1, int(concurrency or 1))
+        self.pacing.in_pool = functools.partial(len, worker_state.reserved_requests)
         if self.hub is not None:
             _fire_due_timers_without_pause(self.hub)
+            _start_without_blocking_the_loop(self.hub)
         # A send due at its slot waits for the GIL when it wakes: up to the switch interval (5 ms by
         # default) while other threads of the pool build SQL. Meta counts in 1-s windows and the
         # margin allows about 20 ms of spread in all, so the threads pool takes turns each 1 ms.

@@ -131,13 +131,14 @@ class Store(ABC):
 
     @abstractmethod
     def reserve(self, phone_number_id: str, lead: float = 0.0, default_rate: float | None = None,
-                count: int = 1, span: float = 0.0) -> Reservation | Wait:
+                count: int = 1, span: float = 0.0, not_before: float = 0.0) -> Reservation | Wait:
         """Reserve the next slot if it is at most ``lead`` seconds away; else say how long to wait.
 
         With ``count`` above 1, also the slots after it that lie within ``lead + span``, up to
         ``count`` in all (one call for a batch of sends). ``default_rate`` stands in for the
         settings' rate when no rate is stored for the number (the consumer passes the task's
-        ``rate_limit``)."""
+        ``rate_limit``). No slot is granted sooner than ``not_before`` seconds from now (at most
+        ``lead``): a number that has been idle gives its first slot that far ahead, not at once."""
 
     @abstractmethod
     def debit(self, phone_number_id: str, n: int = 1) -> None:
@@ -236,12 +237,12 @@ local function set_tat(key, tat, now)
 end
 """
 
-# KEYS: tat, rate. ARGV: default rate, margin, lead (µs), count, span (µs), now.
+# KEYS: tat, rate. ARGV: default rate, margin, lead (µs), count, span (µs), not before (µs), now.
 # Reply: {0, wait} or {granted, delay of the first, interval} (µs; the interval as a string, exact).
 _LUA_RESERVE = _LUA_NOW + """
-local now = now_us(ARGV[6])
+local now = now_us(ARGV[7])
 local interval = interval_us(KEYS[2], ARGV[1], ARGV[2])
-local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or 0), now)
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or 0), now + tonumber(ARGV[6]))
 local ahead = tat - now
 local lead = tonumber(ARGV[3])
 if ahead > lead then
@@ -383,10 +384,11 @@ class RedisStore(Store):
             raise LimiterUnavailable(f"Redis unreachable: {exc}") from exc
 
     def reserve(self, phone_number_id: str, lead: float = 0.0, default_rate: float | None = None,
-                count: int = 1, span: float = 0.0) -> Reservation | Wait:
+                count: int = 1, span: float = 0.0, not_before: float = 0.0) -> Reservation | Wait:
         granted, micros, *interval = self._run(
             "reserve", [_number_key(phone_number_id, "tat"), _number_key(phone_number_id, "rate")],
-            [default_rate or self.default_rate, self.margin, f"{lead * _US:.3f}", max(1, count), f"{span * _US:.3f}"])
+            [default_rate or self.default_rate, self.margin, f"{lead * _US:.3f}", max(1, count), f"{span * _US:.3f}",
+             f"{min(not_before, lead) * _US:.3f}"])
         if not granted:
             return Wait(micros / _US)
         return Reservation(micros / _US, granted, float(interval[0]) / _US)
@@ -481,11 +483,11 @@ class FileStore(Store):
         return 1.0 / (rate * (1 - self.margin))
 
     def reserve(self, phone_number_id: str, lead: float = 0.0, default_rate: float | None = None,
-                count: int = 1, span: float = 0.0) -> Reservation | Wait:
+                count: int = 1, span: float = 0.0, not_before: float = 0.0) -> Reservation | Wait:
         with self._state("numbers") as numbers:
             now = self._clock()
             number = numbers.setdefault(phone_number_id, {})
-            tat = max(number.get("tat", 0.0), now)
+            tat = max(number.get("tat", 0.0), now + min(not_before, lead))
             if tat - now > lead:
                 return Wait(tat - now - lead)
             interval = self._interval(number, default_rate)
