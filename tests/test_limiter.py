@@ -6,6 +6,7 @@ the one test that runs two real processes against one file store.
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import time
 import uuid
@@ -393,12 +394,15 @@ def test_a_slot_is_used_once_and_not_carried_into_a_retry(tmp_path, clock):
     assert request.headers == {"lane": "reply"}
 
 
-def test_a_task_that_reaches_its_slot_late_takes_a_fresh_one(tmp_path, clock):
+def test_a_task_that_reaches_its_slot_late_takes_a_fresh_one(tmp_path, clock, caplog):
     store, sleep = FileStore(tmp_path, 80, clock=clock), FakeSleep(clock)
     # Other workers hold the next two slots.
     delays(store, NUMBER, 2)
     request = request_with_slot(NOW - 0.5)
-    assert limiter.wait_for_slot(request, store=store, clock=clock, sleep=sleep) == pytest.approx(2 * T80, abs=EXACT)
+    with caplog.at_level(logging.INFO, logger="waflow.limiter"):
+        assert limiter.wait_for_slot(request, store=store, clock=clock, sleep=sleep) == pytest.approx(2 * T80,
+                                                                                                        abs=EXACT)
+    assert "500 ms past its slot (it came late)" in caplog.text
 
 
 class OverrunningSleep(FakeSleep):
@@ -408,7 +412,7 @@ class OverrunningSleep(FakeSleep):
         super().__call__(seconds + 0.030)
 
 
-def test_a_task_whose_sleep_overruns_takes_a_fresh_slot_a_few_times_then_sends(clock):
+def test_a_task_whose_sleep_overruns_takes_a_fresh_slot_a_few_times_then_sends(clock, caplog):
     reservations = []
 
     def reserve(*args, **kwargs) -> Reservation:
@@ -416,9 +420,11 @@ def test_a_task_whose_sleep_overruns_takes_a_fresh_slot_a_few_times_then_sends(c
         return Reservation(0.020)
 
     sleep = OverrunningSleep(clock)
-    limiter.wait_for_slot(request_with_slot(NOW + 0.005), store=SimpleNamespace(reserve=reserve), clock=clock,
-                          sleep=sleep)
+    with caplog.at_level(logging.INFO, logger="waflow.limiter"):
+        limiter.wait_for_slot(request_with_slot(NOW + 0.005), store=SimpleNamespace(reserve=reserve), clock=clock,
+                              sleep=sleep)
     assert len(reservations) == limiter.FRESH_SLOTS
+    assert caplog.text.count("30 ms past its slot (its sleep overran)") == limiter.FRESH_SLOTS
     assert len(sleep.calls) == 1 + limiter.FRESH_SLOTS
 
 

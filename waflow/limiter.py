@@ -611,16 +611,20 @@ def wait_for_slot(request: Any, *, store: Store | None = None, clock: Callable[[
         request.headers.pop(SLOT_KEY, None)
     # No due time: the consumer let it through without a slot (a cancelled broadcast), yet it sends.
     due, waited, fresh = (slot["due"] if slot.get("due") is not None else -math.inf), 0.0, 0
+    slept = False
     while True:
         now = clock()
         if now < due:
             sleep(due - now)
             waited += due - now
+            slept = True
             continue
         if now - due <= SLOT_TOLERANCE or fresh == FRESH_SLOTS:
             return waited
-        logger.info("limiter: task %s is %s its slot; it takes a fresh one", getattr(request, "id", "?"),
-                    "without" if due == -math.inf else f"{(now - due) * 1000:.0f} ms past")
+        logger.info("limiter: task %s is %s its slot (%s); it takes a fresh one", getattr(request, "id", "?"),
+                    "without" if due == -math.inf else f"{(now - due) * 1000:.0f} ms past",
+                    "its sleep overran" if slept else "it came late")
+        slept = False
         fresh += 1
         outcome = (store or default_store()).reserve(slot["phone_number_id"], lead=FRESH_SLOT_LEAD,
                                                      default_rate=slot.get("rate"))
