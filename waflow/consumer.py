@@ -84,11 +84,11 @@ BATCH_SPAN = 0.5
 # No slot is taken sooner than this fraction of LEAD: a task needs that long to reach the pool and
 # claim its message, and a slot it cannot reach passes unused (the task then takes a fresh one).
 # It matters when the number was idle (the next free slot is "now") or the consumers fell behind;
-# otherwise the next slot lies LEAD away. At 400/s, before: a third of the first 0.3 s of slots
-# went that way (bench/send.py).
+# otherwise the next slot lies LEAD away. Before it, the first sends of every 400/s run in
+# bench/send.py were late by their claim (5-20 ms) and lost their slots.
 CLAIM_ROOM = 0.5
 # A request is handed to the pool only while a pool slot is free for it: one queued behind busy
-# slots would start after its send slot (seen at 400/s: 40-150 ms late, each costing a slot).
+# slots would start after its send slot (seen at 400/s: 40 to 150 ms late, each costing a slot).
 # While every pool slot is taken, the consumer looks again this often (without asking the store).
 POOL_FULL_RECHECK = 0.005
 # A store that cannot be reached is asked again this often.
@@ -268,8 +268,9 @@ class TaskPacer:
                 return
             asked = min(bucket.pending(), pacing.max_batch, free)
             try:
-                outcome = pacing.store.reserve(bucket.phone_number_id, pacing.lead, self.default_rate, count=asked,
-                                               span=pacing.lead * BATCH_SPAN, not_before=pacing.lead * pacing.claim_room)
+                outcome = pacing.store.reserve(
+                    bucket.phone_number_id, pacing.lead, self.default_rate, count=asked,
+                    span=pacing.lead * BATCH_SPAN, not_before=pacing.lead * pacing.claim_room)
             except Exception as exc:  # noqa: BLE001 - a bucket must never be left without its timer
                 pacing.outage.failed(exc, pacing.clock())
                 self._schedule(bucket, RECHECK_WHEN_DOWN)

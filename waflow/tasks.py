@@ -85,8 +85,8 @@ def _start_warming_up(sender: Any = None, **_: Any) -> None:
     """A worker whose pool does not fork (the senders' threads) warms up while it boots: a thread
     of its own declares the dead-letter queue and, in a sender, opens what its sends need
     (outbound.warm_up), during the broker connection and mingle's second of waiting for other
-    workers. So it is done before the event loop handles the first message, and it takes no CPU
-    from the senders already sending (at 400/s, each warm-up at ready cost them late slots).
+    workers. So it is done before the event loop handles the first message, and it takes no CPU,
+    once the worker is ready, from the senders already sending.
     A forking pool warms up at ready instead: a thread running while the pool forks could leave a
     lock held in a child."""
     from celery import concurrency
