@@ -115,26 +115,3 @@ def test_quorum_queues_dead_letter_at_least_once_past_a_delivery_limit_through_t
         assert q.queue_arguments["x-dead-letter-strategy"] == "at-least-once"
         assert q.queue_arguments["x-overflow"] == "reject-publish"
 
-
-@pytest.mark.parametrize("pool, at", [("threads", "boot"), ("solo", "boot"), ("prefork", "ready")])
-def test_a_worker_warms_up_while_it_boots_unless_its_pool_forks(pool, at, monkeypatch):
-    import threading
-    from types import SimpleNamespace
-
-    from waflow import tasks
-
-    seen = []
-    monkeypatch.setattr(tasks, "_warm_up", lambda consumed, count: seen.append(
-        (threading.current_thread().name, count)))
-    monkeypatch.setattr(tasks, "_warming_up", [])
-    tasks._start_warming_up(SimpleNamespace(pool_cls=pool, concurrency=8))
-    for thread in list(tasks._warming_up):
-        thread.join(5)
-    booted = list(seen)
-    tasks._warmed_up_before_the_first_message(SimpleNamespace(controller=SimpleNamespace(concurrency=8)))
-    if at == "boot":
-        # In a thread of its own, once; the worker's readiness only waits for it.
-        assert booted == [("waflow-warm-up", 8)] and seen == booted
-    else:
-        # A forking pool: nothing may run beside the fork, so it warms up at ready, in the worker's thread.
-        assert booted == [] and seen == [(threading.current_thread().name, 8)]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import logging
 import random
-import threading
 import time
 from typing import Any, Callable
 
@@ -36,10 +35,6 @@ from waflow.limiter import LimiterUnavailable
 
 logger = logging.getLogger(__name__)
 
-# The longest a worker that became ready waits for its warm-up (database, Redis, Meta still
-# starting: the first sends then open what is missing).
-WARM_UP_TIMEOUT = 10.0
-
 celery_app = Celery("waflow")
 celery_app.config_from_object("celeryconfig")
 
@@ -52,7 +47,8 @@ def _fresh_connections_in_child(**_: Any) -> None:
     dispose_engines()
 
 
-def _declare_the_dead_letter_queue() -> None:
+@signals.worker_ready.connect
+def _declare_the_dead_letter_queue(**_: Any) -> None:
     """Every worker declares ``wa.dead_letter`` and its binding to ``wa.dlx`` as it starts, so the
     broker has somewhere to dead-letter a message before any record was ever published."""
     from waflow.dlq import DEAD_LETTER_QUEUE
@@ -61,53 +57,15 @@ def _declare_the_dead_letter_queue() -> None:
         DEAD_LETTER_QUEUE(conn.default_channel).declare()
 
 
-def _warm_up(consumed: set[str], concurrency: int) -> None:
+@signals.worker_ready.connect
+def _warm_up_a_sender(sender: Any = None, **_: Any) -> None:
+    """A sender opens its connections before its event loop handles the first message (the task
+    modules are imported by now; at worker_init they are not yet)."""
     from waflow.outbound import warm_up_sender
 
-    try:
-        _declare_the_dead_letter_queue()
-    except Exception as exc:  # noqa: BLE001 - dlq.publish declares it again before the first record
-        logger.warning("could not declare the dead-letter queue at start: %s", type(exc).__name__)
-    warm_up_sender(consumed, concurrency)
-
-
-# Pools that run tasks in the worker's own process: nothing forks after worker_init.
-_POOLS_WITHOUT_FORK = ("celery.concurrency.thread", "celery.concurrency.solo")
-_warming_up: list[threading.Thread] = []
-
-
-def _consumed_queues() -> set[str]:
-    return set(getattr(celery_app.amqp.queues, "consume_from", None) or ())
-
-
-@signals.worker_init.connect
-def _start_warming_up(sender: Any = None, **_: Any) -> None:
-    """A worker whose pool does not fork (the senders' threads) warms up while it boots: a thread
-    of its own declares the dead-letter queue and, in a sender, opens what its sends need
-    (outbound.warm_up), during the broker connection and mingle's second of waiting for other
-    workers. So it is done before the event loop handles the first message, and it takes no CPU,
-    once the worker is ready, from the senders already sending.
-    A forking pool warms up at ready instead: a thread running while the pool forks could leave a
-    lock held in a child."""
-    from celery import concurrency
-
-    pool = concurrency.get_implementation(getattr(sender, "pool_cls", None) or "prefork")
-    if getattr(pool, "__module__", "") not in _POOLS_WITHOUT_FORK:
-        return
-    count = sender.concurrency if isinstance(getattr(sender, "concurrency", None), int) else 1
-    thread = threading.Thread(target=_warm_up, args=(_consumed_queues(), count), name="waflow-warm-up",
-                              daemon=True)
-    _warming_up.append(thread)
-    thread.start()
-
-
-@signals.worker_ready.connect
-def _warmed_up_before_the_first_message(sender: Any = None, **_: Any) -> None:
-    if not _warming_up:
-        controller = getattr(sender, "controller", None)
-        _warm_up(_consumed_queues(), int(getattr(controller, "concurrency", None) or 1))
-    while _warming_up:
-        _warming_up.pop().join(WARM_UP_TIMEOUT)
+    controller = getattr(sender, "controller", None)
+    consumed = set(getattr(celery_app.amqp.queues, "consume_from", None) or ())
+    warm_up_sender(consumed, int(getattr(controller, "concurrency", None) or 1))
 
 
 @signals.after_setup_logger.connect
