@@ -115,26 +115,3 @@ def test_quorum_queues_dead_letter_at_least_once_past_a_delivery_limit_through_t
         assert q.queue_arguments["x-dead-letter-strategy"] == "at-least-once"
         assert q.queue_arguments["x-overflow"] == "reject-publish"
 
-
-
-@pytest.mark.parametrize("pool, at", [("threads", "boot"), ("solo", "boot"), ("prefork", "ready")])
-def test_a_sender_warms_up_as_it_boots_unless_its_pool_forks(pool, at, monkeypatch, caplog):
-    import logging
-    from types import SimpleNamespace
-
-    from waflow import outbound, tasks
-
-    warmed = []
-    monkeypatch.setattr(outbound, "warm_up", warmed.append)
-    monkeypatch.setattr(tasks, "_warmed_up_while_booting", [])
-    monkeypatch.setattr(tasks, "_consumed_queues", lambda: {"wa.outgoing.command", "wa.outgoing.broadcast"})
-    tasks._warm_up_a_sender_as_it_boots(SimpleNamespace(pool_cls=pool, concurrency=8))
-    booted = list(warmed)
-    with caplog.at_level(logging.INFO, logger="waflow"):
-        tasks._warm_up_a_sender(SimpleNamespace(controller=SimpleNamespace(concurrency=8)))
-    if at == "boot":
-        # Once, as it boots; at ready only the line saying so (logging is set up by then).
-        assert booted == [8] and warmed == [8] and "as it booted" in caplog.text
-    else:
-        # A forking pool: its connections would not survive the fork, so it warms up at ready.
-        assert booted == [] and warmed == [8]

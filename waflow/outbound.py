@@ -592,21 +592,17 @@ def warm_up(threads: int) -> None:
     client().preconnect(threads)
 
 
-def warm_up_sender(consumed: set[str], concurrency: int) -> float | None:
+def warm_up_sender(consumed: set[str], concurrency: int) -> None:
     """A worker that consumes a send queue warms up (warm_up) before it takes its first message
-    (waflow.tasks calls this as the worker boots or becomes ready). Returns the milliseconds it took,
-    or None: not a sender, or the warm-up failed (only logged)."""
+    (waflow.tasks calls this as the worker becomes ready). A failure is only logged."""
     if not consumed & set(LANES.values()):
-        return None
+        return
     started = time.monotonic()
     try:
         warm_up(concurrency)
+        logger.info("sender warmed up in %.0f ms", (time.monotonic() - started) * 1000)
     except Exception as exc:  # noqa: BLE001 - a database or Redis still starting: the first sends open them
         logger.warning("sender warm-up skipped: %s", type(exc).__name__)
-        return None
-    elapsed = (time.monotonic() - started) * 1000
-    logger.info("sender warmed up in %.0f ms", elapsed)
-    return elapsed
 
 
 # --- the task --------------------------------------------------------------------------------------------------

@@ -57,46 +57,15 @@ def _declare_the_dead_letter_queue(**_: Any) -> None:
         DEAD_LETTER_QUEUE(conn.default_channel).declare()
 
 
-# Pools that run tasks in the worker's own process: nothing forks after worker_init.
-_POOLS_WITHOUT_FORK = ("celery.concurrency.thread", "celery.concurrency.solo")
-# The milliseconds the warm-up took as the worker booted (logged at ready: logging is not set up yet).
-_warmed_up_while_booting: list[float | None] = []
-
-
-def _consumed_queues() -> set[str]:
-    return set(getattr(celery_app.amqp.queues, "consume_from", None) or ())
-
-
-@signals.worker_init.connect
-def _warm_up_a_sender_as_it_boots(sender: Any = None, **_: Any) -> None:
-    """A sender on a pool that does not fork (the Procfile's threads) opens its connections as it
-    boots, before its broker connection and mingle's second of waiting for other workers: that CPU
-    then does not meet the first sends of the senders already running. In the worker's own thread:
-    a thread of its own, tried, crashed two senders in ~400 boots (libpq reading the environment
-    while Celery's boot writes it: a segfault in getenv). A forking pool warms up at ready."""
-    from celery import concurrency
-
-    from waflow.outbound import warm_up_sender
-
-    pool = concurrency.get_implementation(getattr(sender, "pool_cls", None) or "prefork")
-    if getattr(pool, "__module__", "") not in _POOLS_WITHOUT_FORK:
-        return
-    count = sender.concurrency if isinstance(getattr(sender, "concurrency", None), int) else 1
-    _warmed_up_while_booting.append(warm_up_sender(_consumed_queues(), count))
-
-
 @signals.worker_ready.connect
 def _warm_up_a_sender(sender: Any = None, **_: Any) -> None:
-    """A sender not warmed up as it booted opens its connections before its event loop handles the
-    first message."""
+    """A sender opens its connections before its event loop handles the first message (the task
+    modules are imported by now; at worker_init they are not yet)."""
     from waflow.outbound import warm_up_sender
 
-    if _warmed_up_while_booting:
-        if _warmed_up_while_booting[0] is not None:
-            logger.info("sender warmed up in %.0f ms, as it booted", _warmed_up_while_booting[0])
-        return
     controller = getattr(sender, "controller", None)
-    warm_up_sender(_consumed_queues(), int(getattr(controller, "concurrency", None) or 1))
+    consumed = set(getattr(celery_app.amqp.queues, "consume_from", None) or ())
+    warm_up_sender(consumed, int(getattr(controller, "concurrency", None) or 1))
 
 
 @signals.after_setup_logger.connect
