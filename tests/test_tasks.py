@@ -114,4 +114,3 @@ def test_quorum_queues_dead_letter_at_least_once_past_a_delivery_limit_through_t
         assert q.queue_arguments["x-delivery-limit"] == queues.QUORUM_DELIVERY_LIMIT
         assert q.queue_arguments["x-dead-letter-strategy"] == "at-least-once"
         assert q.queue_arguments["x-overflow"] == "reject-publish"
-
