@@ -321,6 +321,23 @@ def paced_consumer(store, timer, released, monkeypatch) -> consumer.PacedConsume
     return paced
 
 
+def test_the_consumer_announces_each_broker_connection(paced_consumer):
+    """Celery's Connection step calls ``connect()`` first of the consumer's steps, before mingle's
+    second of waiting: ``connected`` lets a worker use that second (waflow.tasks warms up a sender)."""
+    seen = []
+
+    def receiver(sender: Any = None, **_: Any) -> None:
+        seen.append((sender, sender.connection is None))
+
+    consumer.connected.connect(receiver, weak=False)
+    try:
+        connection = paced_consumer.connect()
+    finally:
+        consumer.connected.disconnect(receiver)
+    connection.release()
+    assert seen == [(paced_consumer, True)]  # sent once connected, before the step stores the connection
+
+
 def test_only_tasks_with_a_rate_limit_get_a_pacer(paced_consumer):
     assert isinstance(paced_consumer.task_buckets["t.send"], TaskPacer)
     assert paced_consumer.task_buckets["t.send"].default_rate == 80

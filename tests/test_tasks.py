@@ -114,3 +114,53 @@ def test_quorum_queues_dead_letter_at_least_once_past_a_delivery_limit_through_t
         assert q.queue_arguments["x-delivery-limit"] == queues.QUORUM_DELIVERY_LIMIT
         assert q.queue_arguments["x-dead-letter-strategy"] == "at-least-once"
         assert q.queue_arguments["x-overflow"] == "reject-publish"
+
+
+@pytest.mark.parametrize("pool, consumed, expected", [
+    ("celery.concurrency.thread", {"wa.outgoing.command"}, "while connecting"),
+    ("celery.concurrency.solo", {"wa.outgoing.broadcast"}, "while connecting"),
+    ("celery.concurrency.prefork", {"wa.outgoing.command"}, "at ready"),
+    ("celery.concurrency.thread", {"wa.incoming.raw"}, "never"),
+])
+def test_a_sender_warms_up_in_a_thread_while_mingle_waits_unless_its_pool_forks(pool, consumed, expected, monkeypatch):
+    import threading
+    from types import SimpleNamespace
+
+    from waflow import consumer, outbound, tasks
+
+    warmed = []
+    monkeypatch.setattr(outbound, "warm_up", lambda threads: warmed.append((threads, threading.current_thread().name)))
+    monkeypatch.setattr(tasks, "_consumed_queues", lambda: consumed)
+    paced = type("Consumer", (), {})()  # hashable, as the signal's sender must be
+    paced.pool = type("TaskPool", (), {"__module__": pool})()
+    paced.controller = SimpleNamespace(concurrency=8)
+    # The paced consumer sends `connected` once the broker connection is up, before mingle's wait;
+    # again after a reconnection, when nothing is warmed up twice.
+    consumer.connected.send(sender=paced)
+    consumer.connected.send(sender=paced)
+    thread = getattr(paced, "sender_warm_up", None)
+    if thread is not None:
+        thread.join(5)
+    at_connect = list(warmed)
+    tasks._warm_up_a_sender(sender=paced)  # worker_ready: waits for the thread, or warms up now
+    if expected == "while connecting":
+        assert at_connect == [(8, "waflow-sender-warm-up")] and warmed == at_connect
+    elif expected == "at ready":
+        # A forking pool: connections opened in the parent would not survive the fork.
+        assert at_connect == [] and warmed == [(8, threading.current_thread().name)]
+    else:
+        assert warmed == []
+
+
+def test_worker_ready_waits_for_a_warm_up_still_running():
+    import threading
+    from types import SimpleNamespace
+
+    from waflow import tasks
+
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait, args=(5,))
+    thread.start()
+    threading.Timer(0.2, release.set).start()
+    tasks._warm_up_a_sender(sender=SimpleNamespace(sender_warm_up=thread))
+    assert not thread.is_alive()  # the event loop starts only once the sender is warmed up

@@ -33,6 +33,8 @@ unacked in the worker's main process, as stock ones do, never in a pool slot:
 - **No wait as the loop starts.** Celery's loop begins by reading the prefetched messages and then
   waiting 100 ms more for others, while no timer fires (:func:`_start_without_blocking_the_loop`).
 - **Store down**: logged once per outage, re-checked every second; nothing leaves without a slot.
+- **Connected**: once the broker connection is up, before mingle's second of waiting for other
+  workers, the consumer sends :data:`connected` (``waflow.tasks`` warms a sender up meanwhile).
 - On connection loss Celery calls ``clear_pending()`` (the broker redelivers what waited); ETA
   messages enter the bucket once their ETA passes, as stock.
 
@@ -50,6 +52,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from celery.utils.dispatch import Signal
 from celery.utils.time import rate
 from celery.worker import loops
 from celery.worker import state as worker_state
@@ -100,6 +103,11 @@ MAX_RECHECK = 1.0
 MIN_RECHECK = 0.001
 # The interpreter's thread switch interval in a worker (see PacedConsumer.__init__).
 SWITCH_INTERVAL = 0.001
+
+#: Sent by :class:`PacedConsumer` each time it has connected to the broker, before mingle's second
+#: of waiting for other workers and the other consumer steps: a worker may start work of its own
+#: meanwhile (``waflow.tasks`` warms up a sender). A receiver that raises is logged, not fatal.
+connected = Signal(name="waflow_consumer_connected")
 
 
 def _fire_due_timers_without_pause(hub: Hub) -> None:
@@ -353,6 +361,11 @@ class PacedConsumer(Consumer):
         # default) while other threads of the pool build SQL. Meta counts in 1-s windows and the
         # margin allows about 20 ms of spread in all, so the threads pool takes turns each 1 ms.
         sys.setswitchinterval(SWITCH_INTERVAL)
+
+    def connect(self) -> Any:
+        connection = super().connect()
+        connected.send(sender=self)
+        return connection
 
     def bucket_for_task(self, type: Any) -> TaskPacer | None:  # noqa: A002 - Celery's name
         limit = rate(getattr(type, "rate_limit", None))

@@ -588,14 +588,19 @@ def warm_up(threads: int) -> None:
                 execute_prepared(conn, _CLAIM_AT_ONCE, -1, None, now)
                 execute_prepared(conn, _ACCEPT_AT_ONCE, -1, None, "", now, "", "", "", None, "{}", None)
                 execute_prepared(conn, _NEXT_AT_ONCE, "", "", -1)
-    limiter.default_store().warm_up(threads)
+    limiter.default_store().warm_up(threads + 1)  # and the consumer's own thread, which reserves the slots
     client().preconnect(threads)
+
+
+def is_sender(consumed: set[str]) -> bool:
+    """Whether a worker consuming these queues sends to Meta (it consumes a send lane's queue)."""
+    return bool(consumed & set(LANES.values()))
 
 
 def warm_up_sender(consumed: set[str], concurrency: int) -> None:
     """A worker that consumes a send queue warms up (warm_up) before it takes its first message
     (waflow.tasks calls this as the worker becomes ready). A failure is only logged."""
-    if not consumed & set(LANES.values()):
+    if not is_sender(consumed):
         return
     started = time.monotonic()
     try:

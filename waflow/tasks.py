@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import threading
 import time
 from typing import Any, Callable
 
@@ -31,6 +32,7 @@ from celery.exceptions import Reject
 from kombu import exceptions as kombu_exc
 from sqlalchemy import exc as sa_exc
 
+from waflow import consumer as paced_consumer
 from waflow.limiter import LimiterUnavailable
 
 logger = logging.getLogger(__name__)
@@ -57,15 +59,55 @@ def _declare_the_dead_letter_queue(**_: Any) -> None:
         DEAD_LETTER_QUEUE(conn.default_channel).declare()
 
 
+# Pools that run tasks in the worker's own process: nothing forks once the consumer runs.
+_POOLS_WITHOUT_FORK = ("celery.concurrency.thread", "celery.concurrency.solo")
+
+
+def _consumed_queues() -> set[str]:
+    return set(getattr(celery_app.amqp.queues, "consume_from", None) or ())
+
+
+def _concurrency(consumer: Any) -> int:
+    return int(getattr(getattr(consumer, "controller", None), "concurrency", None) or 1)
+
+
+@paced_consumer.connected.connect
+def _warm_up_a_sender_while_mingle_waits(sender: Any = None, **_: Any) -> None:
+    """A sender on a pool that does not fork warms up (``outbound.warm_up_sender``) in a thread of
+    its own while its consumer waits in mingle (a second of asking other workers for revoked tasks);
+    the worker_ready handler waits for that thread.
+
+    Warming up at ready instead, the senders that finished mingle after another one took 150 to
+    330 ms to warm up (the first: 70 ms), competing with its sends, and became ready that much later
+    (bench/send.py at 400/s, sender logs). The consumer connects after the worker has set up its
+    logging, which writes the environment: a warm-up thread started earlier, at worker_init,
+    crashed two senders in about 400 boots (libpq reading the environment while Celery's boot wrote
+    it: a segfault in getenv). A forking pool warms up at ready, in the worker's own thread.
+    """
+    from waflow.outbound import is_sender, warm_up_sender
+
+    consumed = _consumed_queues()
+    if getattr(sender, "sender_warm_up", None) is not None or not is_sender(consumed):
+        return  # once, not again on a reconnection
+    if type(getattr(sender, "pool", None)).__module__ not in _POOLS_WITHOUT_FORK:
+        return
+    thread = threading.Thread(target=warm_up_sender, args=(consumed, _concurrency(sender)),
+                              name="waflow-sender-warm-up", daemon=True)
+    sender.sender_warm_up = thread
+    thread.start()
+
+
 @signals.worker_ready.connect
 def _warm_up_a_sender(sender: Any = None, **_: Any) -> None:
-    """A sender opens its connections before its event loop handles the first message (the task
-    modules are imported by now; at worker_init they are not yet)."""
+    """A sender is warmed up before its event loop handles the first message: it waits for the
+    warm-up that ran during mingle, or warms up now (a forking pool)."""
     from waflow.outbound import warm_up_sender
 
-    controller = getattr(sender, "controller", None)
-    consumed = set(getattr(celery_app.amqp.queues, "consume_from", None) or ())
-    warm_up_sender(consumed, int(getattr(controller, "concurrency", None) or 1))
+    thread = getattr(sender, "sender_warm_up", None)
+    if thread is not None:
+        thread.join()
+        return
+    warm_up_sender(_consumed_queues(), _concurrency(sender))
 
 
 @signals.after_setup_logger.connect
