@@ -9,7 +9,11 @@ pacing     1,000 template sends queued before the senders start (the backlog
            case), drained by 1, 2 and 4 copies of the Procfile's ``sender``
            line at 80/s, and by 1 and 2 senders on stock Celery's consumer (the
            baseline; it runs for at most ``--stock-timeout`` s). Then 4 senders
-           at 400/s. Per run, from the simulator's record of accepted sends:
+           at 400/s. A run may also start "warm" (``--configs ours:4:400:warm``):
+           the senders run, consuming only the reply lane, while the broadcast
+           is queued; then Celery's ``add_consumer`` control command (Flower
+           sends it too) gives all of them its queue at once. Per run, from the
+           simulator's record of accepted sends:
            total time from the first to the last accepted send, mean rate, the
            most sends in any 1-s window, and the simulator's count of 130429.
            A PNG of sends per 100 ms goes to docs/send-pacing.png.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -46,8 +51,9 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--phases", default="pacing,isolation", help="comma-separated: pacing, isolation")
     p.add_argument("--sends", type=int, default=1000, help="queued sends per pacing run")
-    p.add_argument("--configs", default="ours:1:80,ours:2:80,ours:4:80,stock:1:80,stock:2:80,ours:4:400",
-                   help="pacing runs as consumer:senders:rate")
+    p.add_argument("--configs",
+                   default="ours:1:80,ours:2:80,ours:4:80,stock:1:80,stock:2:80,ours:4:400",
+                   help="pacing runs as consumer:senders:rate[:cold|warm] (cold: the senders start on the backlog)")
     p.add_argument("--stock-timeout", type=float, default=60, help="seconds a stock-consumer run may take")
     p.add_argument("--broadcast", type=int, default=10_000, help="recipients of the isolation broadcast")
     p.add_argument("--inbound-rate", type=float, default=20, help="inbound messages/s in the isolation phase")
@@ -103,9 +109,15 @@ class Bench:
         path.write_text("".join(f"3180{n:07d},{n}\n" for n in range(recipients)))
         self.flask(env, "broadcast", "case_update", str(path), "--name", name, "--no-wait")
 
-    def start_senders(self, env: dict[str, str], count: int, stock: bool, concurrency: int | None) -> list[str]:
-        """Start ``count`` copies of the Procfile's sender line (on stock Celery's consumer if ``stock``)."""
+    def start_senders(self, env: dict[str, str], count: int, stock: bool, concurrency: int | None,
+                      replies_only: bool = False) -> list[str]:
+        """Start ``count`` copies of the Procfile's sender line (on stock Celery's consumer if ``stock``;
+        consuming the reply lane alone if ``replies_only``); return their node names."""
         assignments, command = common.procfile_entry("sender")
+        if replies_only:
+            lanes = f"-Q {common.queues.OUTGOING_COMMAND},{common.queues.OUTGOING_BROADCAST} "
+            assert lanes in command, command
+            command = command.replace(lanes, f"-Q {common.queues.OUTGOING_COMMAND} ")
         if stock:
             command = command.replace("celery -A waflow", f"{sys.executable} {common.BENCH_DIR / 'stock_sender.py'}")
         names = []
@@ -120,6 +132,21 @@ class Bench:
             common.wait_log(self.procs, name, r"@\S+ ready\.")
         return names
 
+    def release_broadcast_lane(self, names: list[str]) -> float:
+        """Have the running senders consume the broadcast queue too, all at once (Celery's ``add_consumer``
+        control command, one fanout message); return when it was sent."""
+        from celery import Celery
+
+        control = Celery("bench-control", broker=common.BROKER_URL, set_as_current=False)
+        control.conf.task_queues = common.queues.declarations()
+        host = socket.gethostname()
+        sent = time.time()
+        replies = control.control.add_consumer(common.queues.OUTGOING_BROADCAST, reply=True, timeout=5,
+                                               destination=[f"{n}@{host}" for n in names])
+        if len(replies) != len(names):
+            raise RuntimeError(f"add_consumer: {len(replies)} of {len(names)} senders answered: {replies}")
+        return sent
+
 
 def window_max(times: list[float], width: float = 1.0) -> int:
     best, start = 0, 0
@@ -130,17 +157,25 @@ def window_max(times: list[float], width: float = 1.0) -> int:
     return best
 
 
-def pacing_run(bench: Bench, consumer: str, senders: int, rate: int, args: argparse.Namespace) -> dict[str, Any]:
+def pacing_run(bench: Bench, consumer: str, senders: int, rate: int, start: str,
+               args: argparse.Namespace) -> dict[str, Any]:
     number = f"8{uuid.uuid4().int % 10**14:014d}"
     env = {**bench.env, "WHATSAPP_PHONE_NUMBER_ID": number, "WHATSAPP_SEND_RATE": str(rate)}
     bench.control("POST", "reset")
     bench.control("POST", "config", {"rate": rate})
     bench.db.truncate()
     common.purge(SEND_QUEUES)
-    bench.broadcast(env, args.sends, f"pacing-{consumer}-{senders}-{rate}")
+    label = f"{consumer}-{senders}-{rate}" + ("-warm" if start == "warm" else "")
     started = time.time()
-    names = bench.start_senders(env, senders, consumer == "stock", args.sender_concurrency)
-    ready = time.time()
+    if start == "warm":
+        names = bench.start_senders(env, senders, consumer == "stock", args.sender_concurrency, replies_only=True)
+        bench.broadcast(env, args.sends, f"pacing-{label}")
+        ready = bench.release_broadcast_lane(names)
+    else:
+        bench.broadcast(env, args.sends, f"pacing-{label}")
+        started = time.time()
+        names = bench.start_senders(env, senders, consumer == "stock", args.sender_concurrency)
+        ready = time.time()
     watched = {"senders": [bench.procs.running[n].pid for n in names], "simulator": [bench.procs.running["meta"].pid]}
     cpu_before = {k: sum(common.group_cpu_seconds(p) for p in pids) for k, pids in watched.items()}
     timeout = args.stock_timeout if consumer == "stock" else max(60.0, 3 * args.sends / rate)
@@ -155,14 +190,16 @@ def pacing_run(bench: Bench, consumer: str, senders: int, rate: int, args: argpa
         bench.procs.stop(name)
     common.purge(SEND_QUEUES)
     times = bench.accepted(number)
-    (bench.out / f"times-{consumer}-{senders}-{rate}.json").write_text(json.dumps(times))
+    (bench.out / f"times-{label}.json").write_text(json.dumps(times))
     stats = bench.control("GET", "stats")
     total = times[-1] - times[0] if len(times) > 1 else None
     return {
-        "consumer": consumer, "senders": senders, "rate": rate, "queued": args.sends, "accepted": len(times),
+        "consumer": consumer, "senders": senders, "rate": rate, "start": start, "queued": args.sends, "accepted": len(times),
         "complete": len(times) >= args.sends, "ideal_seconds": (args.sends - 1) / rate,
         "total_seconds": total, "mean_rate": (len(times) - 1) / total if total else None,
         "max_in_1s": window_max(times), "refused_130429": stats["refused"].get("130429", 0),
+        # Cold: from starting the senders until all are ready. Warm: until add_consumer was sent (and then
+        # from that to the first send).
         "refused": stats["refused"], "start_to_ready_s": ready - started,
         "first_send_after_ready_s": times[0] - ready if times else None,
         "per_100ms": _histogram(times, 0.1),
@@ -267,7 +304,8 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
         ax.axhline(run["rate"] / 10, color="#c0392b", linewidth=1, linestyle="--")
         ax.set_ylabel("per 100 ms")
         total = f"{run['total_seconds']:.2f} s" if run["total_seconds"] else "-"
-        ax.set_title(f"{run['consumer']} consumer, {run['senders']} sender(s), {run['rate']}/s: "
+        ax.set_title(f"{run['consumer']} consumer, {run['senders']} sender(s), {run['rate']}/s"
+                     f"{' (warm)' if run.get('start') == 'warm' else ''}: "
                      f"{run['accepted']} sends in {total}, max {run['max_in_1s']} in 1 s, "
                      f"{run['refused_130429']} × 130429", fontsize=9)
         ax.set_xlim(0, max(13.0, len(counts) / 10))
@@ -291,9 +329,12 @@ def main() -> None:
         bench.start_simulator(args.simulator_nice)
         if "pacing" in phases:
             for spec in args.configs.split(","):
-                consumer, senders, rate = spec.split(":")
-                print(f"[pacing] {consumer} consumer, {senders} sender(s), {rate}/s ...", flush=True)
-                results["pacing"].append(pacing_run(bench, consumer, int(senders), int(rate), args))
+                consumer, senders, rate, *start = spec.split(":")
+                start = start[0] if start else "cold"
+                if start not in ("cold", "warm"):
+                    raise SystemExit(f"--configs: {spec}: the start is cold or warm")
+                print(f"[pacing] {consumer} consumer, {senders} sender(s), {rate}/s, {start} ...", flush=True)
+                results["pacing"].append(pacing_run(bench, consumer, int(senders), int(rate), start, args))
             plot(results["pacing"], PLOT)
         if "isolation" in phases:
             results["isolation"] = isolation_phase(bench, args)
@@ -305,9 +346,9 @@ def main() -> None:
 def report(results: dict[str, Any]) -> None:
     if results["pacing"]:
         common.print_table(
-            ["consumer", "senders", "rate", "accepted", "total s", "ideal s", "mean/s", "max in 1 s", "130429",
+            ["consumer", "senders", "rate", "start", "accepted", "total s", "ideal s", "mean/s", "max in 1 s", "130429",
              "sender CPU ms/send"],
-            [[r["consumer"], r["senders"], r["rate"], f"{r['accepted']}/{r['queued']}", r["total_seconds"],
+            [[r["consumer"], r["senders"], r["rate"], r.get("start", "cold"), f"{r['accepted']}/{r['queued']}", r["total_seconds"],
               r["ideal_seconds"], r["mean_rate"], r["max_in_1s"], r["refused_130429"],
               r["cpu_ms_per_send"]["senders"]] for r in results["pacing"]])
     iso = results["isolation"]
