@@ -599,7 +599,8 @@ def is_sender(consumed: set[str]) -> bool:
 
 def warm_up_sender(consumed: set[str], concurrency: int) -> None:
     """A worker that consumes a send queue warms up (warm_up) before it takes its first message
-    (waflow.tasks calls this as the worker becomes ready). A failure is only logged."""
+    (waflow.tasks calls this in a thread while the worker connects, or as it becomes ready). A failure
+    is only logged."""
     if not is_sender(consumed):
         return
     started = time.monotonic()
