@@ -8,6 +8,8 @@ real workers are tested in test_consumer.py and test_sender.py).
 """
 from __future__ import annotations
 
+import contextlib
+
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
@@ -638,9 +640,20 @@ def test_nothing_is_sent_when_the_slot_cannot_be_had(stage):
 
 
 def test_a_sender_warms_up_its_connections_and_statements(stage, monkeypatch):
+    from waflow.db import dispose_engines
+
+    dispose_engines()
     outbound.warm_up(3)
     if not stage.db.startswith("sqlite"):
-        assert get_engine(stage.db, autocommit=True).pool.checkedin() >= 3
+        engine = get_engine(stage.db, autocommit=True)
+        assert engine.pool.checkedin() == 3
+        # Each connection's server process has run the send path's statements (planned them, opened
+        # their tables), not only the first one.
+        with contextlib.ExitStack() as stack:
+            conns = [stack.enter_context(engine.connect()) for _ in range(3)]
+            runs = [c.exec_driver_sql("SELECT name, generic_plans + custom_plans FROM pg_prepared_statements "
+                                      "WHERE name LIKE 'waflow_%%'").all() for c in conns]
+        assert all(dict(r) == {"waflow_claim": 1, "waflow_accept": 1, "waflow_next": 1} for r in runs), runs
     warmed = []
     monkeypatch.setattr(outbound, "warm_up", warmed.append)
     outbound.warm_up_sender({"wa.incoming.raw"}, 4)

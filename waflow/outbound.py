@@ -570,24 +570,27 @@ dlq.REPLAY_HOOKS["waflow.outbound.send_message"] = reopen
 
 def warm_up(threads: int) -> None:
     """Open, before the first send, what the first sends would otherwise open while their slots pass:
-    database connections (with SQLAlchemy's first-connect queries), the send path's statements in
-    their compiled form, the limiter's store and connections to Meta. Measured with bench/send.py at 400/s: without it,
+    database connections (with SQLAlchemy's first-connect queries), the send path's statements run
+    once on each of them, the limiter's store and connections to Meta. Measured with bench/send.py at 400/s: without it,
     the first half second of a sender's sends came 100-300 ms past their slots."""
     postgresql = get_engine().dialect.name == "postgresql"
     # The send path's statements run on the autocommit engine; the other engine serves the rare
     # cases (a message to park, an error to record) and opens one connection.
-    engines = {get_engine(autocommit=True): threads, get_engine(): 1} if postgresql else {get_engine(): threads}
+    send_path = get_engine(autocommit=True) if postgresql else None
+    engines = {send_path: threads, get_engine(): 1} if postgresql else {get_engine(): threads}
     now = datetime.now(timezone.utc)
     with contextlib.ExitStack() as stack:
         for engine, count in engines.items():
             for conn in [stack.enter_context(engine.connect()) for _ in range(max(1, min(count, POOL_SIZE)))]:
-                conn.execute(sa.text("SELECT 1"))
-                conn.rollback()
-        if postgresql:
-            with autocommit() as conn:  # statements that match nothing: compiled, nothing changed
-                execute_prepared(conn, _CLAIM_AT_ONCE, -1, None, now)
-                execute_prepared(conn, _ACCEPT_AT_ONCE, -1, None, "", now, "", "", "", None, "{}", None)
-                execute_prepared(conn, _NEXT_AT_ONCE, "", "", -1)
+                if engine is send_path:
+                    # Statements that match nothing, on every connection: nothing changes, but the
+                    # server process behind each one plans them and opens their tables and indexes.
+                    execute_prepared(conn, _CLAIM_AT_ONCE, -1, None, now)
+                    execute_prepared(conn, _ACCEPT_AT_ONCE, -1, None, "", now, "", "", "", None, "{}", None)
+                    execute_prepared(conn, _NEXT_AT_ONCE, "", "", -1)
+                else:
+                    conn.execute(sa.text("SELECT 1"))
+                    conn.rollback()
     limiter.default_store().warm_up(threads + 1)  # and the consumer's own thread, which reserves the slots
     client().preconnect(threads)
 
