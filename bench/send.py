@@ -54,6 +54,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--configs",
                    default="ours:1:80,ours:2:80,ours:4:80,stock:1:80,stock:2:80,ours:4:400",
                    help="pacing runs as consumer:senders:rate[:cold|warm] (cold: the senders start on the backlog)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="warm configs: queue and release --sends this many times to the same senders")
     p.add_argument("--stock-timeout", type=float, default=60, help="seconds a stock-consumer run may take")
     p.add_argument("--broadcast", type=int, default=10_000, help="recipients of the isolation broadcast")
     p.add_argument("--inbound-rate", type=float, default=20, help="inbound messages/s in the isolation phase")
@@ -135,17 +137,24 @@ class Bench:
     def release_broadcast_lane(self, names: list[str]) -> float:
         """Have the running senders consume the broadcast queue too, all at once (Celery's ``add_consumer``
         control command, one fanout message); return when it was sent."""
+        sent = time.time()
+        self._control("add_consumer", names)
+        return sent
+
+    def hold_broadcast_lane(self, names: list[str]) -> None:
+        """Have the senders stop consuming the broadcast queue (``cancel_consumer``)."""
+        self._control("cancel_consumer", names)
+
+    def _control(self, command: str, names: list[str]) -> None:
         from celery import Celery
 
         control = Celery("bench-control", broker=common.BROKER_URL, set_as_current=False)
         control.conf.task_queues = common.queues.declarations()
         host = socket.gethostname()
-        sent = time.time()
-        replies = control.control.add_consumer(common.queues.OUTGOING_BROADCAST, reply=True, timeout=5,
-                                               destination=[f"{n}@{host}" for n in names])
+        replies = getattr(control.control, command)(common.queues.OUTGOING_BROADCAST, reply=True, timeout=5,
+                                                    destination=[f"{n}@{host}" for n in names])
         if len(replies) != len(names):
-            raise RuntimeError(f"add_consumer: {len(replies)} of {len(names)} senders answered: {replies}")
-        return sent
+            raise RuntimeError(f"{command}: {len(replies)} of {len(names)} senders answered: {replies}")
 
 
 def window_max(times: list[float], width: float = 1.0) -> int:
@@ -158,7 +167,8 @@ def window_max(times: list[float], width: float = 1.0) -> int:
 
 
 def pacing_run(bench: Bench, consumer: str, senders: int, rate: int, start: str,
-               args: argparse.Namespace) -> dict[str, Any]:
+               args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One configuration: a list of one result, or with a warm start one per ``--rounds``."""
     number = f"8{uuid.uuid4().int % 10**14:014d}"
     env = {**bench.env, "WHATSAPP_PHONE_NUMBER_ID": number, "WHATSAPP_SEND_RATE": str(rate)}
     bench.control("POST", "reset")
@@ -169,43 +179,56 @@ def pacing_run(bench: Bench, consumer: str, senders: int, rate: int, start: str,
     started = time.time()
     if start == "warm":
         names = bench.start_senders(env, senders, consumer == "stock", args.sender_concurrency, replies_only=True)
-        bench.broadcast(env, args.sends, f"pacing-{label}")
-        ready = bench.release_broadcast_lane(names)
     else:
         bench.broadcast(env, args.sends, f"pacing-{label}")
         started = time.time()
         names = bench.start_senders(env, senders, consumer == "stock", args.sender_concurrency)
-        ready = time.time()
     watched = {"senders": [bench.procs.running[n].pid for n in names], "simulator": [bench.procs.running["meta"].pid]}
-    cpu_before = {k: sum(common.group_cpu_seconds(p) for p in pids) for k, pids in watched.items()}
     timeout = args.stock_timeout if consumer == "stock" else max(60.0, 3 * args.sends / rate)
-    # Poll the cheap count, not the list of sends: serving a growing list costs the simulator (which
-    # shares the 2 cores) more CPU than the sends themselves.
-    while time.time() - ready < timeout:
-        if bench.control("GET", "stats?brief=1")["accepted"] >= args.sends:
-            break
-        time.sleep(0.5)
-    cpu = {k: sum(common.group_cpu_seconds(p) for p in pids) - cpu_before[k] for k, pids in watched.items()}
+    results, before, refused_before = [], 0, {}
+    for round_ in range(args.rounds if start == "warm" else 1):
+        cpu_before = {k: sum(common.group_cpu_seconds(p) for p in pids) for k, pids in watched.items()}
+        if start == "warm":
+            bench.broadcast(env, args.sends, f"pacing-{label}-{round_}")
+            ready = bench.release_broadcast_lane(names)
+        else:
+            ready = time.time()
+        # Poll the cheap count, not the list of sends: serving a growing list costs the simulator (which
+        # shares the 2 cores) more CPU than the sends themselves.
+        while time.time() - ready < timeout:
+            if bench.control("GET", "stats?brief=1")["accepted"] >= before + args.sends:
+                break
+            time.sleep(0.5)
+        cpu = {k: sum(common.group_cpu_seconds(p) for p in pids) - cpu_before[k] for k, pids in watched.items()}
+        if start == "warm":
+            bench.hold_broadcast_lane(names)
+        times = bench.accepted(number)[before:before + args.sends]
+        suffix = f"-{round_}" if start == "warm" and args.rounds > 1 else ""
+        (bench.out / f"times-{label}{suffix}.json").write_text(json.dumps(times))
+        refused = bench.control("GET", "stats")["refused"]
+        refused = {code: n - refused_before.get(code, 0) for code, n in refused.items()}
+        refused_before = {code: refused_before.get(code, 0) + n for code, n in refused.items()}
+        before += len(times)
+        total = times[-1] - times[0] if len(times) > 1 else None
+        results.append({
+            "consumer": consumer, "senders": senders, "rate": rate, "start": start, "round": round_,
+            "queued": args.sends, "accepted": len(times),
+            "complete": len(times) >= args.sends, "ideal_seconds": (args.sends - 1) / rate,
+            "total_seconds": total, "mean_rate": (len(times) - 1) / total if total else None,
+            "max_in_1s": window_max(times), "refused_130429": refused.get("130429", 0),
+            # Cold: from starting the senders until all are ready. Warm: until add_consumer was sent (and
+            # then from that to the first send).
+            "refused": refused, "start_to_ready_s": ready - started,
+            "first_send_after_ready_s": times[0] - ready if times else None,
+            "per_100ms": _histogram(times, 0.1),
+            # CPU per accepted send: cold, from the senders' start (their start-up included) to the last
+            # send; warm, of the round.
+            "cpu_ms_per_send": {k: round(v * 1000 / max(1, len(times)), 2) for k, v in cpu.items()},
+        })
     for name in names:
         bench.procs.stop(name)
     common.purge(SEND_QUEUES)
-    times = bench.accepted(number)
-    (bench.out / f"times-{label}.json").write_text(json.dumps(times))
-    stats = bench.control("GET", "stats")
-    total = times[-1] - times[0] if len(times) > 1 else None
-    return {
-        "consumer": consumer, "senders": senders, "rate": rate, "start": start, "queued": args.sends, "accepted": len(times),
-        "complete": len(times) >= args.sends, "ideal_seconds": (args.sends - 1) / rate,
-        "total_seconds": total, "mean_rate": (len(times) - 1) / total if total else None,
-        "max_in_1s": window_max(times), "refused_130429": stats["refused"].get("130429", 0),
-        # Cold: from starting the senders until all are ready. Warm: until add_consumer was sent (and then
-        # from that to the first send).
-        "refused": stats["refused"], "start_to_ready_s": ready - started,
-        "first_send_after_ready_s": times[0] - ready if times else None,
-        "per_100ms": _histogram(times, 0.1),
-        # CPU from the senders' start to the last send (their start-up included), per accepted send.
-        "cpu_ms_per_send": {k: round(v * 1000 / max(1, len(times)), 2) for k, v in cpu.items()},
-    }
+    return results
 
 
 def _histogram(times: list[float], width: float) -> list[int]:
@@ -305,7 +328,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel("per 100 ms")
         total = f"{run['total_seconds']:.2f} s" if run["total_seconds"] else "-"
         ax.set_title(f"{run['consumer']} consumer, {run['senders']} sender(s), {run['rate']}/s"
-                     f"{' (warm)' if run.get('start') == 'warm' else ''}: "
+                     f"{' (warm, round %d)' % run.get('round', 0) if run.get('start') == 'warm' else ''}: "
                      f"{run['accepted']} sends in {total}, max {run['max_in_1s']} in 1 s, "
                      f"{run['refused_130429']} × 130429", fontsize=9)
         ax.set_xlim(0, max(13.0, len(counts) / 10))
@@ -334,7 +357,7 @@ def main() -> None:
                 if start not in ("cold", "warm"):
                     raise SystemExit(f"--configs: {spec}: the start is cold or warm")
                 print(f"[pacing] {consumer} consumer, {senders} sender(s), {rate}/s, {start} ...", flush=True)
-                results["pacing"].append(pacing_run(bench, consumer, int(senders), int(rate), start, args))
+                results["pacing"] += pacing_run(bench, consumer, int(senders), int(rate), start, args)
             plot(results["pacing"], PLOT)
         if "isolation" in phases:
             results["isolation"] = isolation_phase(bench, args)
@@ -346,9 +369,10 @@ def main() -> None:
 def report(results: dict[str, Any]) -> None:
     if results["pacing"]:
         common.print_table(
-            ["consumer", "senders", "rate", "start", "accepted", "total s", "ideal s", "mean/s", "max in 1 s", "130429",
+            ["consumer", "senders", "rate", "start", "round", "accepted", "total s", "ideal s", "mean/s", "max in 1 s", "130429",
              "sender CPU ms/send"],
-            [[r["consumer"], r["senders"], r["rate"], r.get("start", "cold"), f"{r['accepted']}/{r['queued']}", r["total_seconds"],
+            [[r["consumer"], r["senders"], r["rate"], r.get("start", "cold"), r.get("round", 0),
+              f"{r['accepted']}/{r['queued']}", r["total_seconds"],
               r["ideal_seconds"], r["mean_rate"], r["max_in_1s"], r["refused_130429"],
               r["cpu_ms_per_send"]["senders"]] for r in results["pacing"]])
     iso = results["isolation"]
