@@ -176,13 +176,11 @@ def pacing_run(bench: Bench, consumer: str, senders: int, rate: int, start: str,
     bench.db.truncate()
     common.purge(SEND_QUEUES)
     label = f"{consumer}-{senders}-{rate}" + ("-warm" if start == "warm" else "")
-    started = time.time()
-    if start == "warm":
-        names = bench.start_senders(env, senders, consumer == "stock", args.sender_concurrency, replies_only=True)
-    else:
+    if start == "cold":
         bench.broadcast(env, args.sends, f"pacing-{label}")
-        started = time.time()
-        names = bench.start_senders(env, senders, consumer == "stock", args.sender_concurrency)
+    started = time.time()
+    names = bench.start_senders(env, senders, consumer == "stock", args.sender_concurrency,
+                                replies_only=start == "warm")
     watched = {"senders": [bench.procs.running[n].pid for n in names], "simulator": [bench.procs.running["meta"].pid]}
     timeout = args.stock_timeout if consumer == "stock" else max(60.0, 3 * args.sends / rate)
     results, before, refused_before = [], 0, {}
@@ -205,9 +203,9 @@ def pacing_run(bench: Bench, consumer: str, senders: int, rate: int, start: str,
         times = bench.accepted(number)[before:before + args.sends]
         suffix = f"-{round_}" if start == "warm" and args.rounds > 1 else ""
         (bench.out / f"times-{label}{suffix}.json").write_text(json.dumps(times))
-        refused = bench.control("GET", "stats")["refused"]
-        refused = {code: n - refused_before.get(code, 0) for code, n in refused.items()}
-        refused_before = {code: refused_before.get(code, 0) + n for code, n in refused.items()}
+        refused_so_far = bench.control("GET", "stats")["refused"]
+        refused = {code: n - refused_before.get(code, 0) for code, n in refused_so_far.items()}
+        refused_before = refused_so_far
         before += len(times)
         total = times[-1] - times[0] if len(times) > 1 else None
         results.append({

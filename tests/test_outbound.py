@@ -9,7 +9,6 @@ real workers are tested in test_consumer.py and test_sender.py).
 from __future__ import annotations
 
 import contextlib
-
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import re
+import threading
+from types import SimpleNamespace
 
 import pytest
 
 from support import ROOT
-from waflow import queues
+from waflow import consumer, outbound, queues, tasks
 from waflow.celery import app
 from waflow.tasks import describe_args
 
@@ -123,11 +125,6 @@ def test_quorum_queues_dead_letter_at_least_once_past_a_delivery_limit_through_t
     ("celery.concurrency.thread", {"wa.incoming.raw"}, "never"),
 ])
 def test_a_sender_warms_up_in_a_thread_while_mingle_waits_unless_its_pool_forks(pool, consumed, expected, monkeypatch):
-    import threading
-    from types import SimpleNamespace
-
-    from waflow import consumer, outbound, tasks
-
     warmed = []
     monkeypatch.setattr(outbound, "warm_up", lambda threads: warmed.append((threads, threading.current_thread().name)))
     monkeypatch.setattr(tasks, "_consumed_queues", lambda: consumed)
@@ -153,11 +150,6 @@ def test_a_sender_warms_up_in_a_thread_while_mingle_waits_unless_its_pool_forks(
 
 
 def test_worker_ready_waits_for_a_warm_up_still_running():
-    import threading
-    from types import SimpleNamespace
-
-    from waflow import tasks
-
     release = threading.Event()
     thread = threading.Thread(target=release.wait, args=(5,))
     thread.start()
