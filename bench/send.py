@@ -9,10 +9,11 @@ pacing     1,000 template sends queued before the senders start (the backlog
            case), drained by 1, 2 and 4 copies of the Procfile's ``sender``
            line at 80/s, and by 1 and 2 senders on stock Celery's consumer (the
            baseline; it runs for at most ``--stock-timeout`` s). Then 4 senders
-           at 400/s. A run may also start "warm" (``--configs ours:4:400:warm``):
-           the senders run, consuming only the reply lane, while the broadcast
-           is queued; then Celery's ``add_consumer`` control command (Flower
-           sends it too) gives all of them its queue at once. Per run, from the
+           at 400/s, cold and then "warm" (``ours:4:400:warm``): the senders
+           run, consuming only the reply lane, while the broadcast is queued;
+           then Celery's ``add_consumer`` control command (Flower sends it too)
+           gives all of them its queue at once. Last, one sender at 400/s: what
+           a single sender process carries. Per run, from the
            simulator's record of accepted sends:
            total time from the first to the last accepted send, mean rate, the
            most sends in any 1-s window, and the simulator's count of 130429.
@@ -52,7 +53,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--phases", default="pacing,isolation", help="comma-separated: pacing, isolation")
     p.add_argument("--sends", type=int, default=1000, help="queued sends per pacing run")
     p.add_argument("--configs",
-                   default="ours:1:80,ours:2:80,ours:4:80,stock:1:80,stock:2:80,ours:4:400",
+                   default="ours:1:80,ours:2:80,ours:4:80,stock:1:80,stock:2:80,ours:4:400,ours:4:400:warm,ours:1:400",
                    help="pacing runs as consumer:senders:rate[:cold|warm] (cold: the senders start on the backlog)")
     p.add_argument("--rounds", type=int, default=1,
                    help="warm configs: queue and release --sends this many times to the same senders")
