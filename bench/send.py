@@ -62,6 +62,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--inbound-rate", type=float, default=20, help="inbound messages/s in the isolation phase")
     p.add_argument("--latency-duration", type=float, default=30, help="seconds of each inbound latency measurement")
     p.add_argument("--sender-concurrency", type=int, default=None, help="threads per sender (default: Procfile's)")
+    p.add_argument("--simulator-threads", type=int, default=None, help="the simulator's threads (default: its own)")
+    p.add_argument("--meta-latency", type=float, default=0.0,
+                   help="pacing runs: seconds the simulator takes to answer each send (a delay fault on every send)")
     p.add_argument("--simulator-nice", type=int, default=0,
                    help="run the simulator (Meta, which in production runs on Meta's machines) at this niceness")
     return p.parse_args()
@@ -79,10 +82,11 @@ class Bench:
                                       WHATSAPP_WABA_ID="100000000000002", SIMULATOR_PORT=str(self.sim_port),
                                       SIMULATOR_WEBHOOK_URL=f"http://127.0.0.1:{self.port}/webhooks/whatsapp")
 
-    def start_simulator(self, nice: int = 0) -> None:
+    def start_simulator(self, nice: int = 0, threads: int | None = None) -> None:
         prefix = ["nice", "-n", str(nice)] if nice else []
+        options = ["--threads", str(threads)] if threads else []
         self.procs.start("meta", [*prefix, sys.executable, "-m", "waflow.simulator", "--no-status-webhooks",
-                                  "--port", str(self.sim_port)], self.env)
+                                  "--port", str(self.sim_port), *options], self.env)
         common.wait_http(self.procs, "meta", f"{self.sim}/_sim/health")
 
     def control(self, method: str, path: str, body: Any = None) -> Any:
@@ -174,6 +178,8 @@ def pacing_run(bench: Bench, consumer: str, senders: int, rate: int, start: str,
     env = {**bench.env, "WHATSAPP_PHONE_NUMBER_ID": number, "WHATSAPP_SEND_RATE": str(rate)}
     bench.control("POST", "reset")
     bench.control("POST", "config", {"rate": rate})
+    if args.meta_latency:
+        bench.control("POST", "faults", {"delay": args.meta_latency, "count": 100_000})
     bench.db.truncate()
     common.purge(SEND_QUEUES)
     label = f"{consumer}-{senders}-{rate}" + ("-warm" if start == "warm" else "")
@@ -348,7 +354,7 @@ def main() -> None:
         bench = Bench(procs, db, out)
         db.migrate(bench.env)
         common.declare_queues()
-        bench.start_simulator(args.simulator_nice)
+        bench.start_simulator(args.simulator_nice, args.simulator_threads)
         if "pacing" in phases:
             for spec in args.configs.split(","):
                 consumer, senders, rate, *start = spec.split(":")

@@ -9,6 +9,8 @@ them (tests may read it; ``waflow/`` may not):
 - ``PACING_CONSUMER``: ``paced`` (``waflow.consumer:PacedConsumer``, default) or ``stock``.
 - ``PACING_RECORDS``: the file every run and every reply-lane arrival appends a JSON line to.
 - ``REDIS_URL``: read by ``waflow.config``, so the limiter's store is the test database.
+- ``PACING_SEND_SECONDS``: how long the task holds its thread after its slot, as a send waits for
+  Meta's answer (default 0).
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ def make_app(broker_url: str, consumer: str = "paced", prefix: str = "limiter_te
 app = make_app(os.environ.get("PACING_BROKER_URL", "memory://"), os.environ.get("PACING_CONSUMER", "paced"),
                os.environ.get("PACING_QUEUE_PREFIX", "limiter_test"))
 RECORDS = os.environ.get("PACING_RECORDS", os.devnull)
+SEND_SECONDS = float(os.environ.get("PACING_SEND_SECONDS", "0"))
 
 
 def _append(entry: dict[str, Any]) -> None:
@@ -69,6 +72,8 @@ def record(self, n: int) -> None:
     waited = limiter.wait_for_slot(self.request)
     _append({"event": "run", "t": time.time(), "n": n, "slot": slot, "waited": waited, "pid": os.getpid(),
              "lane": (self.request.headers or {}).get("lane")})
+    if SEND_SECONDS:
+        time.sleep(SEND_SECONDS)
 
 
 @signals.task_received.connect

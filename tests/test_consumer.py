@@ -295,6 +295,28 @@ def test_a_full_pool_gets_no_slot_until_a_pool_slot_frees(store, timer, released
     assert due - released.at[2] >= 0.025 - 1e-6
 
 
+def test_only_so_many_requests_wait_for_slots_while_the_pools_other_threads_send(store, timer, released, clock):
+    finished = []
+    pacing = Pacing(store=store, timer=timer, move_to_pool=released, default_phone_number_id=NUMBER, clock=clock,
+                    lead=0.050, max_batch=1, capacity=32, in_pool=lambda: len(released) - len(finished),
+                    max_waiting=2, holds=lambda request: request.name not in finished)
+    pacer = TaskPacer(pacing, "waflow.outbound.send", 80.0)
+    for request in broadcasts(10):
+        pacer.add(request)
+    assert released.names() == ["b0", "b1"]
+    timer.advance(0.2)
+    # Thirty pool threads are free, but two requests still wait for their slots: nothing more goes.
+    assert released.names() == ["b0", "b1"]
+    # b0's send goes (limiter.wait_for_slot marks its slot); it still holds its thread, awaiting Meta.
+    released[0].request_dict[limiter.SLOT_KEY][limiter.SLOT_USED] = True
+    timer.advance(consumer.POOL_FULL_RECHECK)
+    assert released.names() == ["b0", "b1", "b2"]
+    # b1 ends without sending (its message was already sent): it no longer waits either.
+    finished.append("b1")
+    timer.advance(consumer.POOL_FULL_RECHECK)
+    assert released.names() == ["b0", "b1", "b2", "b3"]
+
+
 def test_a_pacer_is_true_even_when_nothing_waits(pacer):
     # Celery's strategy skips the bucket for a request when `not bucket`.
     assert pacer.pending() == 0 and bool(pacer) is True
@@ -336,6 +358,14 @@ def test_the_consumer_announces_each_broker_connection(paced_consumer):
         consumer.connected.disconnect(receiver)
     connection.release()
     assert seen == [(paced_consumer, True)]  # sent once connected, before the step stores the connection
+
+
+@pytest.mark.parametrize("concurrency, waiting, batch", [(32, 8, 4), (8, 8, 4), (4, 4, 2), (1, 1, 1)])
+def test_a_worker_lets_at_most_eight_requests_wait_for_slots_however_many_threads_it_has(concurrency, waiting, batch):
+    app = Celery("consumer-test", broker="memory://", set_as_current=False)
+    paced = consumer.PacedConsumer(lambda request: None, app=app, timer=FakeTimer(FakeClock()), hub=None, pool=None,
+                                   controller=SimpleNamespace(use_eventloop=False, state=None, concurrency=concurrency))
+    assert (paced.pacing.capacity, paced.pacing.max_waiting, paced.pacing.max_batch) == (concurrency, waiting, batch)
 
 
 def test_only_tasks_with_a_rate_limit_get_a_pacer(paced_consumer):
@@ -424,7 +454,7 @@ class Workers:
     """``celery worker`` processes on pacing_app, started and stopped as a context manager."""
 
     def __init__(self, folder: Path, *, count: int = 1, pool: str = "threads", concurrency: int = 4,
-                 rate_limit: str = "40/s", consumer: str = "paced") -> None:
+                 rate_limit: str = "40/s", consumer: str = "paced", send_seconds: float = 0.0) -> None:
         self.folder, self.count, self.records = folder, count, folder / "records.jsonl"
         self.argv = [str(Path(sys.executable).parent / "celery"), "-A", "pacing_app", "worker",
                      "-Q", f"{REPLY_QUEUE},{BROADCAST_QUEUE}", "-P", pool, "-c", str(concurrency), "-l", "INFO",
@@ -433,6 +463,7 @@ class Workers:
             **{k: v for k, v in os.environ.items() if not k.startswith(("WAFLOW_TEST_", "CELERY_", "PACING_"))},
             "PACING_BROKER_URL": AMQP_URL, "PACING_RATE_LIMIT": rate_limit, "PACING_CONSUMER": consumer,
             "PACING_RECORDS": str(self.records), "PACING_QUEUE_PREFIX": QUEUE_PREFIX, "REDIS_URL": REDIS_URL, "WAFLOW_VAR_DIR": str(folder),
+            "PACING_SEND_SECONDS": str(send_seconds),
             "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), "PYTHONUNBUFFERED": "1",
         }
         self.procs: list[subprocess.Popen] = []
@@ -550,6 +581,43 @@ def test_workers_share_one_limit(count, publisher, number, tmp_path):
     report(f"{count} workers", tasks_per_s=sustained, max_per_window=max_in_any_window(times), per_worker=per_worker)
     assert sustained >= 0.9 * 80
     assert max_in_any_window(times) <= 80
+
+
+@requires_redis
+@requires_rabbitmq
+def test_a_worker_keeps_the_rate_while_each_send_holds_its_thread_awaiting_meta(publisher, number, tmp_path):
+    # Each task holds its thread 0.3 s after its slot, as a send awaiting Meta's answer. Were a request
+    # counted as waiting until it finished, at most MAX_WAITING (8) would be in the pool: about 23 a
+    # second. Its sent slot frees its place, and the other threads carry the sends under way.
+    publish(publisher, 300, number)
+    with Workers(tmp_path, concurrency=16, send_seconds=0.3) as workers:
+        first = workers.wait_for_runs(1)[0]["t"]
+        time.sleep(3.0)
+    times = workers.times()
+    sustained = rate_between(times, first + 0.5, first + 2.5)
+    report("sends holding their threads", tasks_per_s=sustained, max_per_window=max_in_any_window(times))
+    assert sustained >= 0.9 * 40
+    assert max_in_any_window(times) <= 40
+
+
+@requires_redis
+@requires_rabbitmq
+def test_a_worker_of_many_threads_lets_at_most_eight_requests_wait_for_their_slots(publisher, number, tmp_path):
+    # At 200/s a 50-ms lead (and a batch's span) holds some fifteen slots: a pool of 24 would take them
+    # all at once, every task claiming its message together. Each task sleeps from its start to its
+    # slot: those sleeps overlap at most MAX_WAITING deep.
+    publish(publisher, 400, number)
+    with Workers(tmp_path, concurrency=24, rate_limit="200/s") as workers:
+        entries = workers.wait_for_runs(300)
+    edges = sorted([(e["t"] - e["waited"], 1) for e in entries] + [(e["t"], -1) for e in entries])
+    depth = deepest = 0
+    for _, step in edges:
+        depth += step
+        deepest = max(deepest, depth)
+    times = [e["t"] for e in entries]
+    report("many threads", waiting_at_once=deepest, tasks_per_s=(len(times) - 1) / (times[-1] - times[0]))
+    assert deepest <= consumer.MAX_WAITING
+    assert max_in_any_window(times) <= 200
 
 
 @requires_redis

@@ -428,6 +428,20 @@ def test_a_task_whose_sleep_overruns_takes_a_fresh_slot_a_few_times_then_sends(c
     assert len(sleep.calls) == 1 + limiter.FRESH_SLOTS
 
 
+def test_a_send_marks_its_slot_used_as_it_goes_not_while_it_waits_for_a_fresh_one(clock):
+    request = request_with_slot(NOW + 0.005)
+    slot = request.waflow_slot
+    used_while_reserving = []
+
+    def reserve(*args, **kwargs) -> Reservation:
+        used_while_reserving.append(slot.get(limiter.SLOT_USED, False))
+        return Reservation(0.020)
+
+    limiter.wait_for_slot(request, store=SimpleNamespace(reserve=reserve), clock=clock, sleep=OverrunningSleep(clock))
+    assert used_while_reserving == [False] * limiter.FRESH_SLOTS
+    assert slot[limiter.SLOT_USED] is True
+
+
 def test_a_task_slightly_past_its_slot_sends_at_once(tmp_path, clock):
     sleep = FakeSleep(clock)
     request = request_with_slot(NOW - limiter.SLOT_TOLERANCE / 2)

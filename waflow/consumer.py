@@ -27,9 +27,10 @@ unacked in the worker's main process, as stock ones do, never in a pool slot:
 - **The slot travels with the request.** A request goes to the pool up to ``LEAD`` before its slot,
   with ``waflow_slot`` in its header dict; the task calls ``limiter.wait_for_slot(self.request)``
   right before its POST.
-- **Slots a task can reach.** A request goes to the pool only while a pool slot is free for it, and
-  no slot is taken sooner than half the lead (``CLAIM_ROOM``): a slot the task cannot reach in time
-  passes unused.
+- **Slots a task can reach.** A request goes to the pool only while a pool slot is free for it and
+  fewer than ``MAX_WAITING`` of the worker's requests wait there for their slots, and no slot is taken
+  sooner than half the lead (``CLAIM_ROOM``): a slot the task cannot reach in time passes unused. The
+  pool's other threads carry sends under way, each waiting for Meta's answer.
 - **No wait as the loop starts.** Celery's loop begins by reading the prefetched messages and then
   waiting 100 ms more for others, while no timer fires (:func:`_start_without_blocking_the_loop`).
 - **Store down**: logged once per outage, re-checked every second; nothing leaves without a slot.
@@ -94,6 +95,13 @@ CLAIM_ROOM = 0.5
 # slots would start after its send slot (seen at 400/s: 40 to 150 ms late, each costing a slot).
 # While every pool slot is taken, the consumer looks again this often (without asking the store).
 POOL_FULL_RECHECK = 0.005
+# At most this many requests of one worker wait in the pool for their slots; its other threads carry
+# the sends under way. Meta takes a quarter of a second or more to answer, during which the send
+# holds its thread: with the simulator answering in 250 ms, one sender of 8 threads carried 28.5
+# sends a second, of 32 threads 78.4 (bench/send.py --meta-latency 0.25). But more requests waiting
+# at once, all claiming their messages together on a busy host, reach their slots late: at 400/s,
+# four senders of 32 threads each, without this bound, took 2.68 to 3.13 s for 1,000 sends.
+MAX_WAITING = 8
 # A store that cannot be reached is asked again this often.
 RECHECK_WHEN_DOWN = 1.0
 # A bucket looks again at least this often, even during a long pause (Meta's 130429): a
@@ -170,12 +178,33 @@ class Pacing:
     lead: float = LEAD
     # No slot sooner than lead × claim_room (CLAIM_ROOM).
     claim_room: float = CLAIM_ROOM
-    # The most slots one call reserves: half the pool, so a batch never waits for a pool slot.
+    # The most slots one call reserves: half of max_waiting, so a batch never waits for a pool slot.
     max_batch: int = 1
     # The pool's size, and how many requests it holds now (handed over, not finished): a request
     # for which no pool slot is free would start after its slot has passed.
     capacity: int | None = None
     in_pool: Callable[[], int] = lambda: 0
+    # The most requests handed over that have not yet used their slots (MAX_WAITING); None: the
+    # pool's capacity alone. Whether the pool still holds a request (Celery's reserved requests).
+    max_waiting: int | None = None
+    holds: Callable[[Any], bool] = lambda request: True
+    # The requests handed over with a slot, and their slots: limiter.wait_for_slot marks a slot used
+    # as its send goes (on the threads pool the task sees the very dict handed over; in a child
+    # process it does not, and the request counts until it is finished).
+    handed: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)
+
+    def waiting(self) -> int:
+        """How many requests handed to the pool have not yet used their slots."""
+        self.handed[:] = [(request, slot) for request, slot in self.handed
+                          if not slot.get(limiter.SLOT_USED) and self.holds(request)]
+        return len(self.handed)
+
+    def room(self) -> int:
+        """How many more requests may go to the pool now."""
+        free = self.max_batch if self.capacity is None else self.capacity - self.in_pool()
+        if self.max_waiting is not None:
+            free = min(free, self.max_waiting - self.waiting())
+        return free
     clock: Callable[[], float] = time.time
     # The Hub runs timers and message handlers on one thread; timer2 (transports without an event
     # loop) runs timers on its own.
@@ -270,7 +299,7 @@ class TaskPacer:
         self._release_cancelled(bucket)
         pacing = self.pacing
         while bucket.pending():
-            free = pacing.max_batch if pacing.capacity is None else pacing.capacity - pacing.in_pool()
+            free = pacing.room()
             if free <= 0:
                 self._schedule(bucket, POOL_FULL_RECHECK)
                 return
@@ -289,11 +318,13 @@ class TaskPacer:
                 return
             now = pacing.clock()
             for delay in outcome.delays():
-                self._release(bucket.popleft(), {
+                request, slot = bucket.popleft(), {
                     "due": now + delay,
                     "phone_number_id": bucket.phone_number_id,
                     "rate": self.default_rate,
-                })
+                }
+                pacing.handed.append((request, slot))
+                self._release(request, slot)
             if outcome.count < asked and outcome.interval > 0:
                 # The window ended the batch: the next slot comes within the lead this much later
                 # (unless another worker takes it first). Asking now would only be told to wait.
@@ -351,9 +382,11 @@ class PacedConsumer(Consumer):
         super().__init__(*args, **kwargs)
         self.pacing.timer = self.timer
         concurrency = getattr(self.pool, "num_processes", None) or getattr(self.controller, "concurrency", 1)
-        self.pacing.max_batch = max(1, int(concurrency or 1) // 2)
         self.pacing.capacity = max(1, int(concurrency or 1))
+        self.pacing.max_waiting = min(self.pacing.capacity, MAX_WAITING)
+        self.pacing.max_batch = max(1, self.pacing.max_waiting // 2)
         self.pacing.in_pool = functools.partial(len, worker_state.reserved_requests)
+        self.pacing.holds = worker_state.reserved_requests.__contains__
         if self.hub is not None:
             _fire_due_timers_without_pause(self.hub)
             _start_without_blocking_the_loop(self.hub)

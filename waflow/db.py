@@ -28,8 +28,9 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: sa.JSON().with_variant(postgresql.JSONB(), "postgresql")}
 
 
-# Connections each engine keeps open (and as many again while busy): a sender's threads (8 by
-# default) each hold one for a statement at a time.
+# Connections each engine keeps open (and as many again while busy): a sender's threads each hold
+# one for a statement at a time, and at most 8 of them claim messages at once (consumer.MAX_WAITING);
+# the others are awaiting Meta's answer, without a connection, or recording it.
 POOL_SIZE = 8
 
 _lock = threading.Lock()

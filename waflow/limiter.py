@@ -88,6 +88,8 @@ CANCELLED_RETENTION = 7 * 24 * 3600.0
 # What the consumer stores in a request's header dict; the task reads it as
 # ``self.request.waflow_slot`` (a dict: due, phone_number_id, rate).
 SLOT_KEY = "waflow_slot"
+# Set in that dict as its send goes (the consumer then lets another request wait for a slot).
+SLOT_USED = "used"
 
 
 class LimiterUnavailable(RuntimeError):
@@ -596,7 +598,8 @@ def wait_for_slot(request: Any, *, store: Store | None = None, clock: Callable[[
 
     Call it right before the HTTP POST, with ``self.request``. A request without a slot (a task
     run directly, a cancelled broadcast) returns at once. The slot is used up: a second call, or a
-    retry of the task, does not see it again.
+    retry of the task, does not see it again; as the send goes, the slot's dict is marked
+    ``SLOT_USED`` (the consumer counts the requests still waiting for their slots).
 
     A send more than ``SLOT_TOLERANCE`` past its slot, because the task reached the pool late
     (every pool slot busy) or its sleep overran (a loaded host), could bunch with the sends of
@@ -620,6 +623,7 @@ def wait_for_slot(request: Any, *, store: Store | None = None, clock: Callable[[
             slept = True
             continue
         if now - due <= SLOT_TOLERANCE or fresh == FRESH_SLOTS:
+            slot[SLOT_USED] = True
             return waited
         logger.info("limiter: task %s is %s its slot (%s); it takes a fresh one", getattr(request, "id", "?"),
                     "without" if due == -math.inf else f"{(now - due) * 1000:.0f} ms past",
