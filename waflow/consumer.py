@@ -323,7 +323,8 @@ class TaskPacer:
                     "phone_number_id": bucket.phone_number_id,
                     "rate": self.default_rate,
                 }
-                pacing.handed.append((request, slot))
+                if pacing.max_waiting is not None:
+                    pacing.handed.append((request, slot))
                 self._release(request, slot)
             if outcome.count < asked and outcome.interval > 0:
                 # The window ended the batch: the next slot comes within the lead this much later
