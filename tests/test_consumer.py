@@ -537,6 +537,14 @@ def rate_between(times: list[float], start: float, end: float) -> float:
     return sum(start <= t < end for t in times) / (end - start)
 
 
+def assert_holds_the_rate(name: str, times: list[float], start: float, rate: float, **figures: Any) -> None:
+    """At least 90% of ``rate`` in the 2 s from ``start``, and never more than ``rate`` in a 1-s window."""
+    sustained = rate_between(times, start, start + 2.0)
+    report(name, tasks_per_s=sustained, max_per_window=max_in_any_window(times), **figures)
+    assert sustained >= 0.9 * rate
+    assert max_in_any_window(times) <= rate
+
+
 def effective(rate: float) -> float:
     return rate * (1 - limiter.SAFETY_MARGIN)
 
@@ -575,12 +583,8 @@ def test_workers_share_one_limit(count, publisher, number, tmp_path):
     with Workers(tmp_path, count=count, concurrency=2, rate_limit="80/s") as workers:
         everyone = workers.wait_for_every_worker()
         time.sleep(2.0)
-    times = workers.times()
-    sustained = rate_between(times, everyone, everyone + 2.0)
     per_worker = [sum(e["pid"] == pid for e in workers.entries()) for pid in {e["pid"] for e in workers.entries()}]
-    report(f"{count} workers", tasks_per_s=sustained, max_per_window=max_in_any_window(times), per_worker=per_worker)
-    assert sustained >= 0.9 * 80
-    assert max_in_any_window(times) <= 80
+    assert_holds_the_rate(f"{count} workers", workers.times(), everyone, 80, per_worker=per_worker)
 
 
 @requires_redis
@@ -593,11 +597,7 @@ def test_a_worker_keeps_the_rate_while_each_send_holds_its_thread_awaiting_meta(
     with Workers(tmp_path, concurrency=16, send_seconds=0.3) as workers:
         first = workers.wait_for_runs(1)[0]["t"]
         time.sleep(3.0)
-    times = workers.times()
-    sustained = rate_between(times, first + 0.5, first + 2.5)
-    report("sends holding their threads", tasks_per_s=sustained, max_per_window=max_in_any_window(times))
-    assert sustained >= 0.9 * 40
-    assert max_in_any_window(times) <= 40
+    assert_holds_the_rate("sends holding their threads", workers.times(), first + 0.5, 40)
 
 
 @requires_redis
