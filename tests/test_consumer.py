@@ -22,9 +22,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
 
+import celery._state
 import pytest
 from celery import Celery
+from celery.concurrency.thread import TaskPool as ThreadsPool
 from celery.worker import control
+from celery.worker.request import Request
+from kombu import Message
 from kombu.asynchronous import Hub
 from kombu.asynchronous.timer import Timer
 
@@ -33,7 +37,6 @@ from conftest import requires_rabbitmq, requires_redis
 from support import AMQP_URL, REDIS_URL, ROOT, stop_processes, wait_for
 from test_limiter import FakeClock, max_in_any_window
 from waflow import consumer, limiter
-from waflow import consumer
 from waflow.consumer import LEAD as _DEFAULT_LEAD, Pacing, TaskPacer
 
 # The unit tests below pace with a 20-ms lead: at 80/s, two slots leave at once.
@@ -360,12 +363,51 @@ def test_the_consumer_announces_each_broker_connection(paced_consumer):
     assert seen == [(paced_consumer, True)]  # sent once connected, before the step stores the connection
 
 
+def test_a_task_on_the_threads_pool_marks_the_very_slot_the_consumer_handed_over(tmp_path, monkeypatch):
+    # The waiting bound counts on it: the task's self.request carries the consumer's own slot dict.
+    app = Celery("slot-test", broker="memory://", set_as_current=False)
+    seen = {}
+
+    @app.task(name="t.send", bind=True, shared=False)
+    def send(self) -> None:
+        seen["slot"] = getattr(self.request, limiter.SLOT_KEY)
+        limiter.wait_for_slot(self.request, store=limiter.FileStore(tmp_path, 80))
+
+    message = Message(body=json.dumps([[], {}, {"callbacks": None, "errbacks": None, "chain": None}]),
+                      headers={"id": "task-1", "task": "t.send", "lane": "reply"}, content_type="application/json",
+                      content_encoding="utf-8", delivery_info={"exchange": "", "routing_key": "q"})
+    request = Request(message, app=app)
+    slot = {"due": time.time() + 0.01, "phone_number_id": NUMBER, "rate": 80.0}
+    request.request_dict[limiter.SLOT_KEY] = slot
+    # The pool's threads look the task up in the default app, as a worker's do.
+    monkeypatch.setattr(celery._state, "default_app", app)
+    pool = ThreadsPool(limit=2)
+    pool.start()
+    try:
+        request.execute_using_pool(pool)
+        wait_for(lambda: slot.get(limiter.SLOT_USED), 5, interval=0.01, what="the send's mark on its slot")
+    finally:
+        pool.stop()
+    assert seen["slot"] is slot
+
+
 @pytest.mark.parametrize("concurrency, waiting, batch", [(32, 8, 4), (8, 8, 4), (4, 4, 2), (1, 1, 1)])
 def test_a_worker_lets_at_most_eight_requests_wait_for_slots_however_many_threads_it_has(concurrency, waiting, batch):
     app = Celery("consumer-test", broker="memory://", set_as_current=False)
     paced = consumer.PacedConsumer(lambda request: None, app=app, timer=FakeTimer(FakeClock()), hub=None, pool=None,
                                    controller=SimpleNamespace(use_eventloop=False, state=None, concurrency=concurrency))
     assert (paced.pacing.capacity, paced.pacing.max_waiting, paced.pacing.max_batch) == (concurrency, waiting, batch)
+
+
+def test_a_forking_pool_is_bounded_by_its_size_alone():
+    # In a child process the task marks a copy of its slot, which the consumer never sees.
+    from celery.concurrency.prefork import TaskPool as PreforkPool
+
+    app = Celery("consumer-test", broker="memory://", set_as_current=False)
+    paced = consumer.PacedConsumer(lambda request: None, app=app, timer=FakeTimer(FakeClock()), hub=None,
+                                   pool=PreforkPool(limit=16),
+                                   controller=SimpleNamespace(use_eventloop=False, state=None, concurrency=16))
+    assert (paced.pacing.capacity, paced.pacing.max_waiting, paced.pacing.max_batch) == (16, None, 8)
 
 
 def test_only_tasks_with_a_rate_limit_get_a_pacer(paced_consumer):

@@ -80,8 +80,8 @@ LANES = (REPLY, BROADCAST)
 # 80/s it reserves at most four slots ahead (a reply waits behind them: 50 ms), at 1000/s fifty.
 LEAD = 0.050
 # One call to the store takes the slots within LEAD and those up to this fraction of LEAD after it,
-# as many as the bucket holds and up to half the pool (Pacing.max_batch): at 400/s with 16 threads,
-# 8 slots a call instead of one. The consumers of all senders wake when the next slot comes within
+# as many as the bucket holds and up to half of the requests that may wait for slots
+# (Pacing.max_batch): at 400/s, 4 slots a call instead of one. The consumers of all senders wake when the next slot comes within
 # LEAD, and all but one are told to wait: taking a batch makes such rounds rarer. At 80/s a call
 # takes one or two slots.
 BATCH_SPAN = 0.5
@@ -93,14 +93,17 @@ BATCH_SPAN = 0.5
 CLAIM_ROOM = 0.5
 # A request is handed to the pool only while a pool slot is free for it: one queued behind busy
 # slots would start after its send slot (seen at 400/s: 40 to 150 ms late, each costing a slot).
-# While every pool slot is taken, the consumer looks again this often (without asking the store).
+# While every pool slot is taken, or MAX_WAITING requests wait for their slots, the consumer looks
+# again this often (without asking the store).
 POOL_FULL_RECHECK = 0.005
 # At most this many requests of one worker wait in the pool for their slots; its other threads carry
 # the sends under way. Meta takes a quarter of a second or more to answer, during which the send
 # holds its thread: with the simulator answering in 250 ms, one sender of 8 threads carried 28.5
 # sends a second, of 32 threads 78.4 (bench/send.py --meta-latency 0.25). But more requests waiting
 # at once, all claiming their messages together on a busy host, reach their slots late: at 400/s,
-# four senders of 32 threads each, without this bound, took 2.68 to 3.13 s for 1,000 sends.
+# four senders of 32 threads each, without this bound, took 2.68 to 3.13 s for 1,000 sends. Only
+# where the task runs in the consumer's process does its mark reach the consumer: a forking pool
+# keeps the bound of its pool alone.
 MAX_WAITING = 8
 # A store that cannot be reached is asked again this often.
 RECHECK_WHEN_DOWN = 1.0
@@ -178,7 +181,8 @@ class Pacing:
     lead: float = LEAD
     # No slot sooner than lead × claim_room (CLAIM_ROOM).
     claim_room: float = CLAIM_ROOM
-    # The most slots one call reserves: half of max_waiting, so a batch never waits for a pool slot.
+    # The most slots one call reserves: half of what may wait (max_waiting, else the pool), so that
+    # the next batch goes to the pool while the last one still waits.
     max_batch: int = 1
     # The pool's size, and how many requests it holds now (handed over, not finished): a request
     # for which no pool slot is free would start after its slot has passed.
@@ -384,8 +388,10 @@ class PacedConsumer(Consumer):
         self.pacing.timer = self.timer
         concurrency = getattr(self.pool, "num_processes", None) or getattr(self.controller, "concurrency", 1)
         self.pacing.capacity = max(1, int(concurrency or 1))
-        self.pacing.max_waiting = min(self.pacing.capacity, MAX_WAITING)
-        self.pacing.max_batch = max(1, self.pacing.max_waiting // 2)
+        # A task in a child process marks a copy of its slot: there the pool's size alone bounds it.
+        forks = type(self.pool).__module__.startswith("celery.concurrency.prefork")
+        self.pacing.max_waiting = None if forks else min(self.pacing.capacity, MAX_WAITING)
+        self.pacing.max_batch = max(1, (self.pacing.max_waiting or self.pacing.capacity) // 2)
         self.pacing.in_pool = functools.partial(len, worker_state.reserved_requests)
         self.pacing.holds = worker_state.reserved_requests.__contains__
         if self.hub is not None:

@@ -29,8 +29,8 @@ class Base(DeclarativeBase):
 
 
 # Connections each engine keeps open (and as many again while busy): a sender's threads each hold
-# one for a statement at a time, and at most 8 of them claim messages at once (consumer.MAX_WAITING);
-# the others are awaiting Meta's answer, without a connection, or recording it.
+# one for a statement at a time, to claim a message (at most 8 at once, consumer.MAX_WAITING) or to
+# record Meta's answer; while they wait for that answer, most of its 32 threads hold none.
 POOL_SIZE = 8
 
 _lock = threading.Lock()
