@@ -81,9 +81,9 @@ LANES = (REPLY, BROADCAST)
 LEAD = 0.050
 # One call to the store takes the slots within LEAD and those up to this fraction of LEAD after it,
 # as many as the bucket holds and up to half of the requests that may wait for slots
-# (Pacing.max_batch): at 400/s, 4 slots a call instead of one. The consumers of all senders wake when the next slot comes within
-# LEAD, and all but one are told to wait: taking a batch makes such rounds rarer. At 80/s a call
-# takes one or two slots.
+# (Pacing.max_batch): at 400/s, 4 slots a call instead of one. The consumers of all senders wake
+# when the next slot comes within LEAD, and all but one are told to wait: taking a batch makes such
+# rounds rarer. At 80/s a call takes one or two slots.
 BATCH_SPAN = 0.5
 # No slot is taken sooner than this fraction of LEAD: a task needs that long to reach the pool and
 # claim its message, and a slot it cannot reach passes unused (the task then takes a fresh one).
@@ -196,6 +196,11 @@ class Pacing:
     # as its send goes (on the threads pool the task sees the very dict handed over; in a child
     # process it does not, and the request counts until it is finished).
     handed: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)
+    clock: Callable[[], float] = time.time
+    # The Hub runs timers and message handlers on one thread; timer2 (transports without an event
+    # loop) runs timers on its own.
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    outage: _Outage = field(default_factory=_Outage)
 
     def waiting(self) -> int:
         """How many requests handed to the pool have not yet used their slots."""
@@ -209,11 +214,6 @@ class Pacing:
         if self.max_waiting is not None:
             free = min(free, self.max_waiting - self.waiting())
         return free
-    clock: Callable[[], float] = time.time
-    # The Hub runs timers and message handlers on one thread; timer2 (transports without an event
-    # loop) runs timers on its own.
-    lock: threading.RLock = field(default_factory=threading.RLock)
-    outage: _Outage = field(default_factory=_Outage)
 
 
 class NumberBucket:

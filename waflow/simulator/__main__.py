@@ -43,8 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="inject this many inbound messages a minute from made-up clients")
     add("--max-records", type=int, default=200_000, help="accepted sends kept in memory (default: %(default)s)")
     # gunicorn's gthread gives each new connection a thread until its first request arrives (up to
-    # 5 s), and each sender process opens one connection per thread before its first send: 4 senders
-    # of 32 threads held 32 threads' worth of idle connections, and the sends stalled and bunched.
+    # 5 s), and each sender process opens one connection per thread before its first send: with 32
+    # threads here, 4 senders of 32 threads held them all with idle connections, and sends stalled.
     add("--threads", type=int, default=256, help="gunicorn threads (default: %(default)s)")
     add("--log-level", default=s.log_level, help="log level (default: WAFLOW_LOG_LEVEL, %(default)s)")
     args = parser.parse_args(argv)
