@@ -127,11 +127,12 @@ def sized_text_webhook(size: int = 1024) -> bytes:
 
 
 def service_env(port: int, **extra: str) -> dict[str, str]:
-    """Environment for waflow's processes in production mode, on the benchmark broker."""
+    """Environment for waflow's processes on the benchmark broker and database. WAFLOW_ENV=development,
+    set explicitly: production refuses the Meta simulator, which stands in for Meta here."""
     env = dict(os.environ)
     env.update(
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-        WAFLOW_ENV="production",
+        WAFLOW_ENV="development",
         PORT=str(port),
         CELERY_BROKER_URL=BROKER_URL,
         # Production refuses to start without a real database, even where nothing touches it (ack.py).

@@ -2,8 +2,8 @@
 
 Run from the repository root: ``.venv/bin/python bench/ack.py`` (``--help`` for the knobs).
 
-It starts its own gunicorn (``gunicorn -c gunicorn.conf.py wsgi:app``, production
-mode, broker ``amqp://.../waflow_bench``) with no worker consuming
+It starts its own gunicorn (``gunicorn -c gunicorn.conf.py wsgi:app``, broker
+``amqp://.../waflow_bench``) with no worker consuming
 ``wa.incoming.raw``, purges that queue, and POSTs one signed ~1 KB text-message
 webhook:
 

@@ -167,8 +167,8 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("WAFLOW_TEST_")},
-            # Production settings where they apply (production refuses the embedded broker).
-            "WAFLOW_ENV": "development" if broker_url.startswith("embedded") else "production",
+            # Development, set explicitly: production refuses the Meta simulator the sender tests use.
+            "WAFLOW_ENV": "development",
             "WHATSAPP_APP_SECRET": secret, "WHATSAPP_VERIFY_TOKEN": "let-me-in",
             "WHATSAPP_ACCESS_TOKEN": "test-access-token", "WHATSAPP_PHONE_NUMBER_ID": "1122334455",
             "FLOWER_BASIC_AUTH": "ops:secret", "DATABASE_URL": database_url, "CELERY_BROKER_URL": broker_url,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -29,13 +30,47 @@ def test_production_talks_to_meta_and_redis_by_default():
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
 
 
-PRODUCTION = {"WAFLOW_ENV": "production", "WHATSAPP_APP_SECRET": "s", "WHATSAPP_VERIFY_TOKEN": "t",
-              "WHATSAPP_ACCESS_TOKEN": "a", "WHATSAPP_PHONE_NUMBER_ID": "1",
+STRONG = "k3J9-q8Zr-Lm2P-w7Xc"  # 19 characters: meets every rule
+PRODUCTION = {"WAFLOW_ENV": "production", "WHATSAPP_APP_SECRET": STRONG, "WHATSAPP_VERIFY_TOKEN": STRONG,
+              "WHATSAPP_ACCESS_TOKEN": STRONG, "WHATSAPP_PHONE_NUMBER_ID": "1",
               "DATABASE_URL": "postgres://db/waflow", "CELERY_BROKER_URL": "amqp://rabbit//"}
+# Every secret every process needs, and every way one can break its rule.
+EVERY_PROCESS = [s.variable for s in config.SECRETS if s.used_by is None]
+BROKEN = [("", "is not set"), ("   ", "is blank"), (f" {STRONG}\n", "has leading or trailing whitespace"),
+          ("short-secret", "must be at least 16 characters")]
 
 
-@pytest.mark.parametrize("missing", ["WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN", "WHATSAPP_ACCESS_TOKEN",
-                                     "WHATSAPP_PHONE_NUMBER_ID", "DATABASE_URL", "CELERY_BROKER_URL"])
+def test_every_secret_of_the_table_is_one_the_tests_cover():
+    assert set(EVERY_PROCESS) == {"WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN", "WHATSAPP_ACCESS_TOKEN"}
+    assert [s.variable for s in config.SECRETS if s.used_by == "flower"] == ["FLOWER_BASIC_AUTH"]
+
+
+@pytest.mark.parametrize("variable", EVERY_PROCESS)
+@pytest.mark.parametrize("value, rule", BROKEN)
+def test_production_refuses_a_secret_that_breaks_its_rule_naming_the_variable_and_rule(variable, value, rule):
+    with pytest.raises(config.ConfigError) as refused:
+        config.load({**PRODUCTION, variable: value})
+    message = str(refused.value)
+    assert message.startswith(f"{variable} {rule}")
+    if value.strip():
+        assert value.strip() not in message  # the rule, never the value
+
+
+@pytest.mark.parametrize("variable", EVERY_PROCESS)
+def test_production_refuses_the_published_development_stand_in(variable):
+    stand_in = config.SECRET[variable].stand_in
+    with pytest.raises(config.ConfigError, match=f"^{variable} is the published development stand-in"):
+        config.load({**PRODUCTION, variable: stand_in})
+
+
+@pytest.mark.parametrize("variable", EVERY_PROCESS)
+def test_production_refuses_to_start_without_a_secret_and_names_it(variable):
+    env = {k: v for k, v in PRODUCTION.items() if k != variable}
+    with pytest.raises(config.ConfigError, match=f"^{variable} is not set"):
+        config.load(env)
+
+
+@pytest.mark.parametrize("missing", ["WHATSAPP_PHONE_NUMBER_ID", "DATABASE_URL", "CELERY_BROKER_URL"])
 def test_production_refuses_to_start_without_a_setting_and_names_it(missing):
     env = {k: v for k, v in PRODUCTION.items() if k != missing}
     with pytest.raises(config.ConfigError, match=missing):
@@ -50,33 +85,129 @@ def test_production_refuses_the_embedded_database_and_broker(name, value):
         config.load({**PRODUCTION, name: value})
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:5900/v25.0", "https://localhost/v25.0", "http://[::1]:5900/v25.0",
+                                 "http://graph.facebook.com/v25.0"])
+def test_production_refuses_a_graph_api_on_this_machine_or_without_https(url):
+    with pytest.raises(config.ConfigError, match="WHATSAPP_API_URL must be Meta's Graph API over https"):
+        config.load({**PRODUCTION, "WHATSAPP_API_URL": url})
+
+
 def test_production_starts_with_everything_set():
     settings = config.load(PRODUCTION)
     assert settings.production and settings.amqp_broker
 
 
-def test_the_web_process_stops_at_start_naming_the_missing_secret():
-    env = {k: v for k, v in PRODUCTION.items() if k != "WHATSAPP_APP_SECRET"}
-    result = subprocess.run([sys.executable, "-c", "import wsgi"], cwd=ROOT, env={**env, "PATH": ""},
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0
-    assert "WHATSAPP_APP_SECRET is not set" in result.stderr
+@pytest.mark.parametrize("name, url", [
+    ("DATABASE_URL", "postgresql://u:p@db.example.com/waflow"),
+    ("CELERY_BROKER_URL", "amqp://u:p@10.0.0.5:5672/waflow"),
+    ("REDIS_URL", "redis://cache.internal:6379/0"),
+    ("WHATSAPP_API_URL", "https://graph.facebook.com/v25.0"),
+])
+def test_development_without_waflow_env_refuses_a_service_off_this_machine(name, url):
+    with pytest.raises(config.ConfigError, match=f"^{name} points off this machine but WAFLOW_ENV is not set"):
+        config.load({name: url})
+    # Chosen on purpose, development may use it.
+    assert config.load({"WAFLOW_ENV": "development", name: url})
 
 
-def test_flower_refuses_to_start_in_production_without_basic_auth():
-    result = subprocess.run([sys.executable, "-c", "import flowerconfig"], cwd=ROOT, env={**PRODUCTION, "PATH": ""},
-                            capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("name, url", [
+    ("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"), ("DATABASE_URL", "postgresql:///waflow"),
+    ("DATABASE_URL", "postgresql://u@localhost/waflow"), ("CELERY_BROKER_URL", "amqp://guest:guest@[::1]:5672//"),
+    ("CELERY_BROKER_URL", "memory://"), ("REDIS_URL", "redis://127.0.0.1:6379/15"), ("REDIS_URL", "unix:///run/r.sock"),
+    ("WHATSAPP_API_URL", "http://127.0.0.1:5901/v25.0"),
+])
+def test_development_without_waflow_env_takes_services_on_this_machine(name, url):
+    assert config.load({name: url}).env == "development"
+
+
+@pytest.mark.parametrize("value, rule", [
+    ("", "is not set"), (":", "must be user:password pairs, each with a user name"),
+    ("admin:admin", "is the published development stand-in"),
+    ("ops:short", "needs a password of at least 16 characters for every user"),
+    (f"ops:{STRONG},audit:short", "needs a password of at least 16 characters for every user"),
+    (f":{STRONG}", "must be user:password pairs, each with a user name"),
+    (STRONG, "must be user:password pairs, each with a user name"),
+])
+def test_flower_refuses_weak_credentials_in_production(value, rule):
+    settings = config.load({**PRODUCTION, "FLOWER_BASIC_AUTH": value})
+    with pytest.raises(config.ConfigError, match=f"^FLOWER_BASIC_AUTH {rule}, which flower refuses in production"):
+        config.require(settings, "FLOWER_BASIC_AUTH", value)
+
+
+def test_flower_takes_strong_credentials_in_production_and_anything_in_development():
+    settings = config.load({**PRODUCTION, "FLOWER_BASIC_AUTH": f"ops:{STRONG},audit:{STRONG}x"})
+    config.require(settings, "FLOWER_BASIC_AUTH", settings.flower_basic_auth)
+    development = config.load({})
+    assert development.flower_basic_auth == "admin:admin"
+    config.require(development, "FLOWER_BASIC_AUTH", development.flower_basic_auth)
+
+
+# --- real starts: each process kind refuses, with one line naming the variable and the rule ---------------------
+
+FORGED = {**PRODUCTION, "WHATSAPP_APP_SECRET": "waflow-dev-app-secret"}
+REFUSAL = ("waflow refuses to start: WHATSAPP_APP_SECRET is the published development stand-in, which production "
+           "refuses (WHATSAPP_APP_SECRET is the key of X-Hub-Signature-256")
+
+
+def _start(argv: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    bin_dir = Path(sys.executable).parent
+    return subprocess.run(argv, cwd=ROOT, env={**env, "PATH": f"{bin_dir}:/usr/bin:/bin"}, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("kind, argv", [
+    ("web", ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]),
+    ("worker", ["celery", "-A", "waflow", "worker", "-Q", "wa.incoming.raw", "-n", "refused@%h"]),
+    ("flower", ["celery", "-A", "waflow", "flower"]),
+    ("cli", ["flask", "--app", "wsgi", "outbox", "list"]),
+])
+def test_each_process_refuses_to_start_in_production_with_a_stand_in(kind, argv):
+    result = _start(argv, {**FORGED, "FLOWER_BASIC_AUTH": f"ops:{STRONG}"})
+    assert result.returncode == 78, result.stderr[-2000:]
+    assert REFUSAL in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "waflow-dev-app-secret" not in result.stdout + result.stderr
+
+
+def test_flower_refuses_to_start_in_production_with_weak_basic_auth():
+    result = _start(["celery", "-A", "waflow", "flower"], {**PRODUCTION, "FLOWER_BASIC_AUTH": "admin:hunter2"})
+    assert result.returncode == 78, result.stderr[-2000:]
+    assert ("waflow refuses to start: FLOWER_BASIC_AUTH needs a password of at least 16 characters for every user"
+            in result.stderr)
+    assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_flower_listens_on_loopback_in_development_and_everywhere_in_production():
+    code = "import flowerconfig; print(flowerconfig.address, flowerconfig.basic_auth)"
+    development = _start([sys.executable, "-c", code], {})
+    assert development.stdout.split() == ["127.0.0.1", "['admin:admin']"]
+    production = _start([sys.executable, "-c", code], {**PRODUCTION, "FLOWER_BASIC_AUTH": f"ops:{STRONG}"})
+    assert production.stdout.split() == ["0.0.0.0", f"['ops:{STRONG}']"]
+
+
+def test_the_simulator_refuses_to_start_in_production():
+    result = _start([sys.executable, "-m", "waflow.simulator", "--port", "1"], PRODUCTION)
     assert result.returncode != 0
-    assert "FLOWER_BASIC_AUTH is not set" in result.stderr
-    ok = subprocess.run([sys.executable, "-c", "import flowerconfig; print(flowerconfig.basic_auth)"], cwd=ROOT,
-                        env={**PRODUCTION, "FLOWER_BASIC_AUTH": "ops:pw", "PATH": ""}, capture_output=True,
-                        text=True, timeout=60)
-    assert ok.stdout.strip() == "['ops:pw']"
+    assert "waflow refuses to start: the Meta simulator never runs with WAFLOW_ENV=production" in result.stderr
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10"])
+def test_the_simulator_binds_only_to_loopback(host):
+    result = _start([sys.executable, "-m", "waflow.simulator", "--host", host, "--port", "1"], {})
+    assert result.returncode == 2
+    assert "--host must be a loopback address" in result.stderr
+
+
+def test_development_without_waflow_env_refuses_to_start_against_a_remote_database():
+    result = _start(["flask", "--app", "wsgi", "outbox", "list"], {"DATABASE_URL": "postgresql://u@db.example.com/w"})
+    assert result.returncode == 78
+    assert "waflow refuses to start: DATABASE_URL points off this machine but WAFLOW_ENV is not set" in result.stderr
 
 
 @pytest.mark.parametrize("url", ["postgres://u:p@db:5432/waflow", "postgresql://u:p@db:5432/waflow"])
 def test_it_accepts_heroku_style_postgres_urls(url):
-    assert config.load({"DATABASE_URL": url}).database_url == "postgresql+psycopg2://u:p@db:5432/waflow"
+    settings = config.load({"WAFLOW_ENV": "development", "DATABASE_URL": url})
+    assert settings.database_url == "postgresql+psycopg2://u:p@db:5432/waflow"
 
 
 @pytest.mark.parametrize("name, value, message", [
@@ -93,7 +224,7 @@ def test_it_refuses_malformed_values_naming_the_variable(name, value, message):
 
 
 def test_settings_never_show_a_secret():
-    settings = config.load({"WHATSAPP_APP_SECRET": "s3cr3t-value", "DATABASE_URL": "postgres://u:pw-db@h/d",
+    settings = config.load({"WAFLOW_ENV": "development", "WHATSAPP_APP_SECRET": "s3cr3t-value", "DATABASE_URL": "postgres://u:pw-db@h/d",
                             "CELERY_BROKER_URL": "amqp://u:pw-broker@h//", "FLOWER_BASIC_AUTH": "a:pw-flower",
                             "WHATSAPP_ACCESS_TOKEN": "EAAG-token", "REDIS_URL": "redis://:pw-redis@h/0"})
     shown = repr(settings) + str(settings)

@@ -35,7 +35,7 @@ def env():
     migrate(config.load({"DATABASE_URL": PG_URL}).database_url)
     var_dir = tempfile.mkdtemp(prefix="waflow-paths-")
     return {**{k: v for k, v in os.environ.items() if not k.startswith("WAFLOW_TEST_")},
-            "WAFLOW_ENV": "production", "WHATSAPP_APP_SECRET": "s", "WHATSAPP_VERIFY_TOKEN": "t",
+            "WAFLOW_ENV": "development", "WHATSAPP_APP_SECRET": "s", "WHATSAPP_VERIFY_TOKEN": "t",
             "WHATSAPP_ACCESS_TOKEN": "a", "WHATSAPP_PHONE_NUMBER_ID": "1", "DATABASE_URL": PG_URL,
             "CELERY_BROKER_URL": AMQP_URL, "WAFLOW_VAR_DIR": var_dir, "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": str(ROOT / "tests")}

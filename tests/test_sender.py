@@ -44,7 +44,7 @@ def deployment(tmp_path):
     """A fresh number (its own limiter keys), the database, the queues, and a strict simulator."""
     number = f"9{uuid.uuid4().int % 10**14:014d}"
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("WAFLOW_TEST_")},
-           "WAFLOW_ENV": "production", "WHATSAPP_APP_SECRET": "s", "WHATSAPP_VERIFY_TOKEN": "t",
+           "WAFLOW_ENV": "development", "WHATSAPP_APP_SECRET": "s", "WHATSAPP_VERIFY_TOKEN": "t",
            "WHATSAPP_ACCESS_TOKEN": "sender-test-token", "WHATSAPP_PHONE_NUMBER_ID": number,
            "DATABASE_URL": PG_URL, "CELERY_BROKER_URL": AMQP_URL, "REDIS_URL": REDIS_URL,
            "WAFLOW_VAR_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}

@@ -1,32 +1,98 @@
 """Every setting waflow reads from the environment, read once, in one place.
 
 Each variable has its own default, chosen so that a fresh checkout runs with no
-server at all: SQLite and kombu's filesystem transport under ``./var/``. In
-production (``WAFLOW_ENV=production``) the secrets have no default: a missing
-one stops the process at start with a message naming the variable.
+server at all: SQLite and kombu's filesystem transport under ``./var/``.
+
+Secrets are listed once, in ``SECRETS``: each with its development stand-in and
+the rule it must meet in production (set, not blank, not the stand-in, long
+enough where it is a password). In production (``WAFLOW_ENV=production``) a
+secret that breaks its rule stops the process at start with a message naming
+the variable and the rule, never the value.
+
+Development fails closed: with ``WAFLOW_ENV`` unset, waflow refuses a database,
+broker, Redis or Graph API that is not on this machine, so the published
+stand-ins can never quietly serve a deployment (``FAIL_CLOSED`` below).
 
 The table in README.md ("Configuration") lists the same variables; a test keeps
 the two in step.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import urlsplit
 
 ENVIRONMENTS = ("development", "production")
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-# Development-only stand-ins, so the README's one-liners work out of the box.
-# They are refused in production.
-DEV_APP_SECRET = "waflow-dev-app-secret"
-DEV_VERIFY_TOKEN = "waflow-dev-verify-token"
-DEV_ACCESS_TOKEN = "waflow-dev-access-token"
 DEV_PHONE_NUMBER_ID = "100000000000001"
 DEV_WABA_ID = "100000000000002"
 # Meta's current pages use v25.0; pin the version, never call unversioned URLs.
 GRAPH_API_URL = "https://graph.facebook.com/v25.0"
+
+
+@dataclass(frozen=True)
+class Secret:
+    """One secret: its variable, what development uses when it is unset, and the production rule.
+
+    In production a secret must be set, not blank, without surrounding whitespace (a pasted newline
+    would silently break a signature), not its stand-in, and at least ``min_length`` characters.
+    ``pairs``: the value is ``user:password[,user:password]`` and each password meets the rule.
+    ``used_by``: the process that refuses to start without it (``None``: every process)."""
+
+    variable: str
+    stand_in: str
+    min_length: int = 1
+    used_by: str | None = None
+    pairs: bool = False
+    meaning: str = ""
+
+    def broken_rule(self, value: str | None) -> str | None:
+        """The production rule ``value`` breaks, or None. Never quotes the value."""
+        if value is None or value == "":
+            return "is not set"
+        if not value.strip():
+            return "is blank"
+        if value != value.strip():
+            return "has leading or trailing whitespace"
+        if value == self.stand_in:
+            return "is the published development stand-in"
+        if self.pairs:
+            for pair in value.split(","):
+                user, sep, password = pair.partition(":")
+                if not sep or not user.strip():
+                    return "must be user:password pairs, each with a user name"
+                if len(password) < self.min_length:
+                    return f"needs a password of at least {self.min_length} characters for every user"
+            return None
+        if len(value) < self.min_length:
+            return f"must be at least {self.min_length} characters long"
+        return None
+
+
+# Every secret waflow reads. Later features add theirs here (the dashboard's SECRET_KEY, an LLM key,
+# object-storage credentials); README.md ("Configuration") states the same rules.
+SECRETS: tuple[Secret, ...] = (
+    # Meta's app secrets are 32 hex characters; 16 refuses a placeholder such as "secret".
+    Secret("WHATSAPP_APP_SECRET", "waflow-dev-app-secret", min_length=16,
+           meaning="the key of X-Hub-Signature-256: whoever knows it can forge a client's message"),
+    # Chosen by the operator and typed into Meta's dashboard: a password, so a long random one.
+    Secret("WHATSAPP_VERIFY_TOKEN", "waflow-dev-verify-token", min_length=16,
+           meaning="the token that answers Meta's subscription handshake"),
+    Secret("WHATSAPP_ACCESS_TOKEN", "waflow-dev-access-token", min_length=16,
+           meaning="the Bearer token every send to Meta carries"),
+    Secret("FLOWER_BASIC_AUTH", "admin:admin", min_length=16, used_by="flower", pairs=True,
+           meaning="the list of Flower's users (Flower shows every worker, queue and task)"),
+)
+SECRET = {s.variable: s for s in SECRETS}
+
+# Development's fail-closed rule: with WAFLOW_ENV unset, these must point at this machine (or be the
+# embedded default). Set WAFLOW_ENV=development to point a development process elsewhere on purpose.
+FAIL_CLOSED = ("DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "WHATSAPP_API_URL")
 
 
 # Every variable load() reads; README.md's configuration table lists the same names.
@@ -133,6 +199,63 @@ class Settings:
         return self.broker_url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
 
 
+def is_local_host(host: str | None) -> bool:
+    """True for this machine: no host (a Unix socket), ``localhost`` or a loopback address."""
+    if not host or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _host(url: str) -> str | None:
+    try:
+        return urlsplit(url).hostname
+    except ValueError:
+        return "?"  # unparseable: not known to be local
+
+
+def _is_local(name: str, url: str) -> bool:
+    """Whether the service ``url`` of variable ``name`` is on this machine (or needs no server)."""
+    scheme = url.split("://", 1)[0]
+    if name == "DATABASE_URL" and scheme.startswith("sqlite"):
+        return True
+    if name == "CELERY_BROKER_URL" and scheme in ("embedded", "filesystem", "memory"):
+        return True
+    if name == "REDIS_URL" and (not url or scheme == "unix"):
+        return True
+    return is_local_host(_host(url))
+
+
+def _check_production(env: Mapping[str, str], database_url: str, broker_url: str, api_url: str) -> None:
+    for secret in SECRETS:
+        if secret.used_by is None:
+            broken = secret.broken_rule(env.get(secret.variable))
+            if broken:
+                raise ConfigError(f"{secret.variable} {broken}, which production refuses "
+                                  f"({secret.variable} is {secret.meaning})")
+    if not env.get("WHATSAPP_PHONE_NUMBER_ID", "").strip():
+        raise ConfigError("WHATSAPP_PHONE_NUMBER_ID is not set; waflow refuses to start in production without it")
+    if database_url.startswith("sqlite"):
+        raise ConfigError("DATABASE_URL is not set (or is SQLite); production needs PostgreSQL")
+    if broker_url.split("://", 1)[0] in ("embedded", "filesystem", "memory"):
+        raise ConfigError("CELERY_BROKER_URL is not set (or is the embedded broker); production needs RabbitMQ")
+    if not api_url.startswith("https://") or is_local_host(_host(api_url)):
+        raise ConfigError("WHATSAPP_API_URL must be Meta's Graph API over https in production, "
+                          "never this machine or the Meta simulator")
+
+
+def _check_fail_closed(env: Mapping[str, str], urls: Mapping[str, str]) -> None:
+    """With WAFLOW_ENV unset, refuse any service that is not on this machine (``FAIL_CLOSED``)."""
+    for name in FAIL_CLOSED:
+        if env.get(name) and not _is_local(name, urls[name]):
+            raise ConfigError(
+                f"{name} points off this machine but WAFLOW_ENV is not set: waflow would serve it with the "
+                "published development stand-ins. Set WAFLOW_ENV=production (with real secrets) for a "
+                "deployment, or WAFLOW_ENV=development to use a remote service from a development machine")
+
+
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from ``environ`` (default: the process environment)."""
     env = os.environ if environ is None else environ
@@ -141,23 +264,25 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"WAFLOW_ENV must be one of {', '.join(ENVIRONMENTS)}, got {mode!r}")
     production = mode == "production"
 
-    def secret(name: str, dev_default: str) -> str:
-        value = env.get(name, "")
-        if value:
-            return value
-        if production:
-            raise ConfigError(f"{name} is not set; waflow refuses to start in production without it")
-        return dev_default
+    def secret(name: str) -> str:
+        # Production has checked every secret of every process already (_check_production).
+        return env.get(name) or ("" if production else SECRET[name].stand_in)
 
     database_url, broker_url = _database_url(env), _broker_url(env)
-    if production and database_url.startswith("sqlite"):
-        raise ConfigError("DATABASE_URL is not set (or is SQLite); production needs PostgreSQL")
-    if production and broker_url.split("://", 1)[0] in ("embedded", "filesystem"):
-        raise ConfigError("CELERY_BROKER_URL is not set (or is the embedded broker); production needs RabbitMQ")
-
     broker_is_embedded = broker_url.split("://", 1)[0] in ("embedded", "filesystem")
     port = _int(env, "PORT", 5000, 1, 65535)
     simulator_port = _int(env, "SIMULATOR_PORT", 5900, 1, 65535)
+    # In development the Meta simulator (waflow.simulator) stands in for Meta's Graph API.
+    api_url = (env.get("WHATSAPP_API_URL") or (
+        GRAPH_API_URL if production else f"http://127.0.0.1:{simulator_port}/v25.0")).rstrip("/")
+    # The send limiter's shared store. Empty on the embedded broker: the limiter then shares
+    # its state through a file under WAFLOW_VAR_DIR (one host). Never a per-process limit.
+    redis_url = env.get("REDIS_URL") or ("" if broker_is_embedded else "redis://127.0.0.1:6379/0")
+    if production:
+        _check_production(env, database_url, broker_url, api_url)
+    elif not env.get("WAFLOW_ENV"):
+        _check_fail_closed(env, {"DATABASE_URL": database_url, "CELERY_BROKER_URL": broker_url,
+                                 "REDIS_URL": redis_url, "WHATSAPP_API_URL": api_url})
     queue_type = env.get("WAFLOW_QUEUE_TYPE") or "classic"
     if queue_type not in QUEUE_TYPES:
         raise ConfigError(f"WAFLOW_QUEUE_TYPE must be one of {', '.join(QUEUE_TYPES)}, got {queue_type!r}")
@@ -166,10 +291,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         env=mode,
         database_url=database_url,
         broker_url=broker_url,
-        app_secret=secret("WHATSAPP_APP_SECRET", DEV_APP_SECRET),
-        verify_token=secret("WHATSAPP_VERIFY_TOKEN", DEV_VERIFY_TOKEN),
-        # Checked where it is used (flowerconfig.py): only Flower needs it.
-        flower_basic_auth=env.get("FLOWER_BASIC_AUTH") or ("" if production else "admin:admin"),
+        app_secret=secret("WHATSAPP_APP_SECRET"),
+        verify_token=secret("WHATSAPP_VERIFY_TOKEN"),
+        # Checked by the process that uses it (flowerconfig.py, require()): only Flower needs it.
+        flower_basic_auth=secret("FLOWER_BASIC_AUTH"),
         var_dir=_var_dir(env),
         # Meta's payloads are up to 3 MB; 3 MiB leaves room and refuses anything bigger.
         max_body_bytes=_int(env, "WAFLOW_MAX_BODY_BYTES", 3 * 1024 * 1024, 1024, 64 * 1024 * 1024),
@@ -180,18 +305,14 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         # Two processes for two cores; threads wait on the broker's confirms, not the CPU.
         web_concurrency=_int(env, "WEB_CONCURRENCY", 2, 1, 64),
         web_threads=_int(env, "WEB_THREADS", 16, 1, 256),
-        # In development the Meta simulator (waflow.simulator) stands in for Meta's Graph API.
-        whatsapp_api_url=(env.get("WHATSAPP_API_URL") or (
-            GRAPH_API_URL if production else f"http://127.0.0.1:{simulator_port}/v25.0")).rstrip("/"),
-        access_token=secret("WHATSAPP_ACCESS_TOKEN", DEV_ACCESS_TOKEN),
-        phone_number_id=secret("WHATSAPP_PHONE_NUMBER_ID", DEV_PHONE_NUMBER_ID),
+        whatsapp_api_url=api_url,
+        access_token=secret("WHATSAPP_ACCESS_TOKEN"),
+        phone_number_id=env.get("WHATSAPP_PHONE_NUMBER_ID") or DEV_PHONE_NUMBER_ID,
         # Optional: lets `broadcast` look a template up and check its parameter count before queueing.
         waba_id=env.get("WHATSAPP_WABA_ID") or ("" if production else DEV_WABA_ID),
         # Meta's default per-number throughput; numbers are upgraded automatically up to 1000/s.
         send_rate=_int(env, "WHATSAPP_SEND_RATE", 80, 1, 1000),
-        # The send limiter's shared store. Empty on the embedded broker: the limiter then shares
-        # its state through a file under WAFLOW_VAR_DIR (one host). Never a per-process limit.
-        redis_url=env.get("REDIS_URL") or ("" if broker_is_embedded else "redis://127.0.0.1:6379/0"),
+        redis_url=redis_url,
         simulator_port=simulator_port,
         simulator_webhook_url=env.get("SIMULATOR_WEBHOOK_URL") or f"http://127.0.0.1:{port}/webhooks/whatsapp",
         # quorum: replicated queues for a RabbitMQ cluster (docs/reliability.md).
@@ -201,5 +322,22 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     )
 
 
-settings = load()
+def require(settings: Settings, variable: str, value: str) -> None:
+    """For a secret only one process needs (``Secret.used_by``): refuse it in production if it breaks its rule."""
+    rule = SECRET[variable]
+    broken = rule.broken_rule(value) if settings.production else None
+    if broken:
+        raise ConfigError(f"{variable} {broken}, which {rule.used_by} refuses in production "
+                          f"({variable} is {rule.meaning})")
 
+
+def refuse_to_start(exc: ConfigError) -> SystemExit:
+    """Print why the configuration is refused (one line, no traceback, no value) and exit with EX_CONFIG."""
+    print(f"waflow refuses to start: {exc}", file=sys.stderr, flush=True)
+    return SystemExit(78)
+
+
+try:
+    settings = load()
+except ConfigError as _refused:
+    raise refuse_to_start(_refused) from None

@@ -25,7 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s = config.settings
     parser = argparse.ArgumentParser(prog="python -m waflow.simulator", description=__doc__.split("\n")[0])
     add = parser.add_argument
-    add("--host", default="127.0.0.1", help="address to bind (default: loopback; /_sim/ has no auth)")
+    add("--host", default="127.0.0.1",
+        help="loopback address to bind (default: %(default)s; /_sim/ has no auth, so nothing else is allowed)")
     add("--port", type=int, default=s.simulator_port, help="port (default: SIMULATOR_PORT, %(default)s)")
     add("--webhook-url", default=s.simulator_webhook_url, help="where webhooks go (default: %(default)s)")
     add("--phone-number-id", default=s.phone_number_id, help="business number of inbound webhooks")
@@ -50,11 +51,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.rate <= 100_000:
         parser.error("--rate must be 1 to 100000")
+    if not config.is_local_host(args.host):
+        # /_sim/inbound signs whatever it is given with the app secret: reachable from elsewhere, it
+        # would let anyone forge a client's message.
+        parser.error(f"--host must be a loopback address (127.0.0.1, ::1, localhost): the simulator "
+                     f"has no authentication, got {args.host}")
     return args
 
 
 def options_from(args: argparse.Namespace) -> SimulatorOptions:
-    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    host = f"[{args.host}]" if ":" in args.host else args.host
     return SimulatorOptions.from_settings(
         config.settings, webhook_url=args.webhook_url, phone_number_id=args.phone_number_id,
         base_url=f"http://{host}:{args.port}/", rate=args.rate, pair_limit=not args.no_pair_limit,
@@ -102,6 +108,9 @@ def _close_simulator(server: Any, worker: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if config.settings.production:
+        # It would sign made-up webhooks with the production app secret.
+        raise SystemExit("waflow refuses to start: the Meta simulator never runs with WAFLOW_ENV=production")
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = options_from(args)
