@@ -304,7 +304,8 @@ def test_a_file_store_it_cannot_write_raises_a_clear_error(tmp_path):
 
 
 def test_it_uses_redis_when_a_url_is_set_and_a_file_under_var_dir_otherwise(tmp_path):
-    with_redis = limiter.store_for(config.load({"WAFLOW_VAR_DIR": str(tmp_path), "REDIS_URL": "redis://h:6379/3",
+    with_redis = limiter.store_for(config.load({"WAFLOW_ENV": "development", "WAFLOW_VAR_DIR": str(tmp_path),
+                                                "REDIS_URL": "redis://h:6379/3",
                                                 "WHATSAPP_SEND_RATE": "120"}))
     assert isinstance(with_redis, RedisStore) and with_redis.default_rate == 120
     embedded = limiter.store_for(config.load({"WAFLOW_VAR_DIR": str(tmp_path)}))
