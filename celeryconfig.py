@@ -5,6 +5,7 @@ in ``docs/reliability.md`` and ``../shared/reference/celery.md``.
 """
 from waflow import config as _config
 from waflow import queues as _queues
+from waflow import stages as _stages
 
 # Private names: Celery reads every public name of this module as a setting, and Flower shows them.
 _settings = _config.settings
@@ -28,14 +29,8 @@ task_default_exchange_type = "direct"
 # A routing typo must raise, not create a queue nobody consumes.
 task_create_missing_queues = False
 task_default_queue = _queues.INCOMING_RAW
-# Wire names are pinned; each task goes to the queue named after its stage.
-task_routes = {
-    "waflow.ingestor.ingest_raw": {"queue": _queues.INCOMING_RAW},
-    "waflow.core.handle_normalized": {"queue": _queues.INCOMING_NORMALIZED},
-    "waflow.media.record_media": {"queue": _queues.MEDIA_PROCESSING},
-    # Replies; broadcasts name their lane's queue (wa.outgoing.broadcast) when they are queued.
-    "waflow.outbound.send_message": {"queue": _queues.OUTGOING_COMMAND},
-}
+# Each task goes to its stage's queue; the stage registry (waflow/stages.py) is where that is written.
+task_routes = _stages.task_routes()
 
 # Every stage task is idempotent, so it acknowledges only after it ran: a worker
 # killed mid-task leaves the message to be redelivered, not lost.
@@ -49,7 +44,8 @@ worker_prefetch_multiplier = 4
 worker_send_task_events = False
 task_send_sent_event = False
 
-imports = ("waflow.ingestor", "waflow.core", "waflow.media", "waflow.outbound")
+# Every worker imports every stage's module, so any task can be run or replayed by name.
+imports = _stages.imports()
 
 # The send task's rate_limit="80/s" becomes one limit per phone number across every worker and
 # host (shared through waflow.limiter), paced evenly, replies ahead of broadcasts; stock Celery's

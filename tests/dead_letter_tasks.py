@@ -11,7 +11,8 @@ from celery.exceptions import Reject
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import OperationalError
 
-from waflow import dlq, queues, tasks
+from waflow import queues, tasks
+from waflow.dlq import records
 from waflow.tasks import StageTask, stage_task
 
 # Few redeliveries, so the test restarts the worker only a few times.
@@ -43,16 +44,16 @@ def unpublishable_retry(marker: str) -> None:
     raise OperationalError("SELECT 1", {}, ConnectionRefusedError("database down"))
 
 
-_publish = dlq.publish
+_publish = records.publish
 
 
-def _publish_unless_unrecorded(record):
+def _publish_unless_unrecorded(app, record):
     if record.get("task") == "tests.paths.fail_unrecorded":
         raise BrokerError("dead-letter record refused")
-    return _publish(record)
+    return _publish(app, record)
 
 
-dlq.publish = _publish_unless_unrecorded
+records.publish = _publish_unless_unrecorded
 
 
 @stage_task(name="tests.paths.fail_unrecorded", queue=queues.MEDIA_PROCESSING)

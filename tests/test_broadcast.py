@@ -1,4 +1,4 @@
-"""Broadcasts and the sending commands, through the command line (CliRunner), on the scratch database.
+"""Broadcasts and the sending commands, through the command line (Flask's test CLI runner), on the scratch database.
 
 What would be queued is recorded instead of published; template lookups go to a
 live Meta simulator.
@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
 
 from support import SimulatorProcess, orm, wipe
-from waflow import broadcast, config, limiter, outbound
+from waflow import config, limiter, tasks
+from waflow.outbound import broadcast, commands
 from waflow.models import Broadcast, OutboundMessage
 
 
@@ -30,13 +30,13 @@ def cli(default_db, meta, var_dir, monkeypatch, tmp_path):
     store = limiter.FileStore(tmp_path / "limiter", 80)
     monkeypatch.setattr(limiter, "default_store", lambda: store)
     queued: list[tuple[tuple, dict]] = []
-    monkeypatch.setattr(outbound.send_message, "apply_async", lambda args, **kw: queued.append((args, kw)))
+    monkeypatch.setattr(tasks, "dispatch", lambda name, args, **kw: queued.append((tuple(args), kw)))
     settings = config.load({"WAFLOW_VAR_DIR": var_dir, "WHATSAPP_API_URL": meta.api_url})
     app = create_app({"TESTING": True, "WAFLOW_SETTINGS": settings, "WAFLOW_PUBLISHER": RecordingPublisher()})
-    runner = CliRunner()
+    runner = app.test_cli_runner()
 
     def invoke(*args: str, **kw):
-        return runner.invoke(app.cli, list(args), **kw)
+        return runner.invoke(args=list(args), **kw)
 
     invoke.queued, invoke.db, invoke.store = queued, default_db, store
     return invoke
@@ -179,7 +179,7 @@ def test_a_send_in_doubt_is_settled_by_a_persons_decision(cli):
     from waflow.db import transaction
 
     with transaction(cli.db) as conn:
-        queued, _ = outbound.command(conn, key="doubt-1", recipient="15550100020",
+        queued, _ = commands.command(conn, key="doubt-1", recipient="15550100020",
                                      message={"kind": "text", "body": "did it go?"})
         conn.execute(sa.update(OutboundMessage).where(OutboundMessage.id == queued.id).values(status="in_doubt"))
     listed = cli("outbox", "list")

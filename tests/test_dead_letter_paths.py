@@ -23,7 +23,7 @@ from kombu import Connection
 from conftest import SKIP_AMQP, SKIP_PG
 from support import AMQP_URL, PG_URL, ROOT, migrate, wait_for
 from waflow import queues
-from waflow.dlq import DEAD_LETTER_QUEUE
+from waflow.dlq.records import DEAD_LETTER_QUEUE
 
 pytestmark = [pytest.mark.skipif(not AMQP_URL, reason=SKIP_AMQP), pytest.mark.skipif(not PG_URL, reason=SKIP_PG)]
 

@@ -11,11 +11,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
 
 from support import compact, orm, text_webhook
-from waflow import dlq, queues
-from waflow.dlq import DEAD_LETTER_QUEUE
+from waflow import queues
+from waflow.dlq import records, recorder
+from waflow.dlq.records import DEAD_LETTER_QUEUE
 from waflow.models import DeadLetter, DeadLetterReplay, Message
 from waflow.tasks import celery_app
 
@@ -181,7 +181,7 @@ def test_a_broker_error_hands_the_message_back_instead_of_failing_it(dead_letter
         raise OperationalError("[Errno 111] Connection refused")
 
     monkeypatch.setattr(tasks, "REQUEUE_PAUSE", 0)
-    monkeypatch.setattr(ingestor.handle_normalized, "apply_async", broker_down)
+    monkeypatch.setattr(ingestor, "dispatch", broker_down)
     with pytest.raises(Reject) as caught:
         ingestor.ingest_raw.run(compact(text_webhook(["wamid.BRK"])).decode(), 1764000000.0)
     assert caught.value.requeue is True
@@ -201,12 +201,12 @@ def _broker_copy(task_id: str, args: list, reason: str = "rejected") -> tuple[by
 def test_the_recorder_merges_a_record_and_the_brokers_copy_of_the_same_failure(db_url):
     from waflow.db import transaction
 
-    record = dlq.failure_record(task="waflow.core.handle_normalized", task_id="t-1", queue="wa.incoming.normalized",
+    record = records.failure_record(task="waflow.core.handle_normalized", task_id="t-1", queue="wa.incoming.normalized",
                                 exc=RuntimeError("boom"), args=[{"event_id": "e"}], kwargs={}, retries=3,
                                 first_failed_at=1764000000.0, traceback_text="Traceback: boom")
     for body, headers in ((json.dumps(record).encode(), {}), _broker_copy("t-1", [{"event_id": "e"}])):
         with transaction(db_url) as conn:
-            dlq.store(conn, dlq.record_from_message(body, headers))
+            recorder.store(conn, recorder.record_from_message(body, headers))
     with orm(db_url) as session:
         [row] = session.scalars(sa.select(DeadLetter)).all()
     assert (row.key, row.source, row.broker_reason) == ("t-1", "handler", "rejected")
@@ -221,7 +221,7 @@ def test_the_brokers_copy_alone_names_the_task_its_arguments_and_the_reason(db_u
     from waflow.db import transaction
 
     with transaction(db_url) as conn:
-        dlq.store(conn, dlq.record_from_message(*_broker_copy("t-2", [{"event_id": "f"}], "delivery_limit")))
+        recorder.store(conn, recorder.record_from_message(*_broker_copy("t-2", [{"event_id": "f"}], "delivery_limit")))
     with orm(db_url) as session:
         row = session.scalars(sa.select(DeadLetter)).one()
     assert (row.source, row.task, row.queue, row.broker_reason) == (
@@ -233,7 +233,7 @@ def test_a_message_waflow_did_not_write_is_kept_as_it_came(db_url):
     from waflow.db import transaction
 
     with transaction(db_url) as conn:
-        dlq.store(conn, dlq.record_from_message(b"\xffnot json at all", {}))
+        recorder.store(conn, recorder.record_from_message(b"\xffnot json at all", {}))
     with orm(db_url) as session:
         row = session.scalars(sa.select(DeadLetter)).one()
     assert row.source == "unknown" and "not json at all" in row.raw
@@ -243,12 +243,12 @@ def test_the_recorder_stores_what_arrives_and_acknowledges_only_committed_rows(d
     from waflow.core import handle_normalized
 
     handle_normalized.apply(args=({"event_id": "status:z:sent"},), task_id="t-rec")
-    with dlq.recorder_connection() as conn:
+    with recorder.recorder_connection() as conn:
         # A database that cannot be reached: the record stays in the queue.
-        down = dlq.Recorder(conn, timedelta(days=30), database_url="postgresql+psycopg2://nobody@127.0.0.1:1/none")
+        down = recorder.Recorder(conn, timedelta(days=30), database_url="postgresql+psycopg2://nobody@127.0.0.1:1/none")
         down.MAX_BACKOFF = 0.05
         calls = []
-        real_sleep = dlq.time.sleep
+        real_sleep = recorder.time.sleep
 
         def stop_after_three(seconds):
             calls.append(seconds)
@@ -256,14 +256,14 @@ def test_the_recorder_stores_what_arrives_and_acknowledges_only_committed_rows(d
                 down.should_stop = True
             real_sleep(0.01)
 
-        dlq.time.sleep = stop_after_three
+        recorder.time.sleep = stop_after_three
         try:
             down.run()
         finally:
-            dlq.time.sleep = real_sleep
+            recorder.time.sleep = real_sleep
         assert down.recorded == 0 and len(calls) == 3
-    with dlq.recorder_connection() as conn:
-        up = dlq.Recorder(conn, timedelta(days=30))
+    with recorder.recorder_connection() as conn:
+        up = recorder.Recorder(conn, timedelta(days=30))
         up.on_iteration = lambda: setattr(up, "should_stop", up.recorded >= 1) or None
         up.run()
     with orm(db) as session:
@@ -277,10 +277,10 @@ def test_dead_letters_past_the_retention_period_are_deleted(db_url):
 
     with transaction(db_url) as conn:
         for key, age in (("old", 40), ("new", 2)):
-            dlq.store(conn, dlq.record_from_message(*_broker_copy(key, [{}])))
+            recorder.store(conn, recorder.record_from_message(*_broker_copy(key, [{}])))
             conn.execute(sa.update(DeadLetter).where(DeadLetter.key == key)
                          .values(recorded_at=datetime.now(timezone.utc) - timedelta(days=age)))
-        assert dlq.expire(conn, timedelta(days=30)) == 1
+        assert recorder.expire(conn, timedelta(days=30)) == 1
     with orm(db_url) as session:
         assert session.scalars(sa.select(DeadLetter.key)).all() == ["new"]
 
@@ -289,7 +289,7 @@ def test_redeliveries_are_counted_per_task(db_url):
     from waflow.db import transaction
 
     with transaction(db_url) as conn:
-        counts = [dlq.count_redelivery(conn, "t-loop") for _ in range(3)] + [dlq.count_redelivery(conn, "t-other")]
+        counts = [records.count_redelivery(conn, "t-loop") for _ in range(3)] + [records.count_redelivery(conn, "t-other")]
     assert counts == [1, 2, 3, 1]
 
 
@@ -298,10 +298,10 @@ def test_redeliveries_are_counted_per_task(db_url):
 
 @pytest.fixture
 def cli(app):
-    runner = CliRunner()
+    runner = app.test_cli_runner()
 
     def invoke(*args, **kw):
-        return runner.invoke(app.cli, list(args), catch_exceptions=False, **kw)
+        return runner.invoke(args=list(args), catch_exceptions=False, **kw)
 
     invoke.app = app
     return invoke
@@ -313,12 +313,12 @@ def _dead_letter_for_a_message_that_failed(db, wamid: str) -> int:
     from waflow.ingestor import split_webhook
 
     [event] = split_webhook(compact(text_webhook([wamid])), 1764000000.0).events
-    record = dlq.failure_record(task="waflow.core.handle_normalized", task_id=f"t-{wamid}",
+    record = records.failure_record(task="waflow.core.handle_normalized", task_id=f"t-{wamid}",
                                 queue=queues.INCOMING_NORMALIZED, exc=ConnectionRefusedError("db down"),
                                 args=[event.model_dump(mode="json", exclude_none=True)], kwargs={}, retries=3,
                                 first_failed_at=None, traceback_text=None)
     with transaction(db) as conn:
-        dlq.store(conn, dlq.record_from_message(json.dumps(record).encode(), {}))
+        recorder.store(conn, recorder.record_from_message(json.dumps(record).encode(), {}))
         return conn.execute(sa.select(DeadLetter.id).where(DeadLetter.key == f"t-{wamid}")).scalar_one()
 
 
@@ -327,7 +327,7 @@ def test_list_filters_by_queue_error_type_and_age(db, cli):
 
     first = _dead_letter_for_a_message_that_failed(db, "wamid.L1")
     with transaction(db) as conn:
-        dlq.store(conn, dlq.record_from_message(*_broker_copy("t-raw", [{}])))
+        recorder.store(conn, recorder.record_from_message(*_broker_copy("t-raw", [{}])))
         conn.execute(sa.update(DeadLetter).where(DeadLetter.id == first)
                      .values(recorded_at=datetime.now(timezone.utc) - timedelta(hours=3)))
     out = cli("dlq", "list").output
@@ -336,7 +336,7 @@ def test_list_filters_by_queue_error_type_and_age(db, cli):
     assert "the broker" not in cli("dlq", "list", "--older-than", "2h").output
     assert "no dead letters match" in cli("dlq", "list", "--queue", "wa.media.processing").output
     assert "the broker" not in cli("dlq", "list", "--error-type", "ConnectionRefusedError").output
-    bad_age = CliRunner().invoke(cli.app.cli, ["dlq", "list", "--older-than", "3w"])
+    bad_age = cli.app.test_cli_runner().invoke(args=["dlq", "list", "--older-than", "3w"])
     assert bad_age.exit_code == 2 and "not an age like 90s, 30m, 2h or 7d" in bad_age.output
 
 
@@ -344,7 +344,7 @@ def test_show_prints_one_dead_letter_in_full(db, cli):
     dead = _dead_letter_for_a_message_that_failed(db, "wamid.S1")
     out = cli("dlq", "show", str(dead)).output
     assert "wamid.S1" in out and "db down" in out and "waflow.core.handle_normalized" in out
-    missing = CliRunner().invoke(cli.app.cli, ["dlq", "show", "999999"])
+    missing = cli.app.test_cli_runner().invoke(args=["dlq", "show", "999999"])
     assert missing.exit_code == 1 and "no dead letter 999999" in missing.output
 
 
@@ -380,7 +380,7 @@ def test_replay_all_asks_first_and_takes_only_what_matches(db, cli):
     _dead_letter_for_a_message_that_failed(db, "wamid.A1")
     _dead_letter_for_a_message_that_failed(db, "wamid.A2")
     with transaction(db) as conn:
-        dlq.store(conn, dlq.record_from_message(b"garbage", {}))
+        recorder.store(conn, recorder.record_from_message(b"garbage", {}))
     aborted = cli("dlq", "replay", "--all", "--error-type", "ConnectionRefusedError", input="n\n")
     assert aborted.exit_code == 1 and "Replay 2 dead letter(s)?" in aborted.output
     done = cli("dlq", "replay", "--all", "--error-type", "ConnectionRefusedError", "--yes")
@@ -406,7 +406,7 @@ def test_a_dead_letter_keeps_the_time_the_task_failed_not_the_time_it_was_record
     body, headers = _broker_copy("t-late", [{}])
     failed_at = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
     headers["x-death"][0]["time"] = failed_at
-    record = dlq.failure_record(task="waflow.core.handle_normalized", task_id="t-late", queue="wa.incoming.normalized",
+    record = records.failure_record(task="waflow.core.handle_normalized", task_id="t-late", queue="wa.incoming.normalized",
                                 exc=RuntimeError("x"), args=[{}], kwargs={}, retries=3, first_failed_at=None,
                                 traceback_text=None)
     record["last_failed_at"] = failed_at.isoformat()
@@ -415,7 +415,7 @@ def test_a_dead_letter_keeps_the_time_the_task_failed_not_the_time_it_was_record
         with transaction(db_url) as conn:
             conn.execute(sa.delete(DeadLetter))
             for b, h in order:
-                dlq.store(conn, dlq.record_from_message(b, h))
+                recorder.store(conn, recorder.record_from_message(b, h))
         with orm(db_url) as session:
             last = session.scalars(sa.select(DeadLetter.last_failed_at)).one()
         assert (last if last.tzinfo else last.replace(tzinfo=timezone.utc)) == failed_at
@@ -424,14 +424,14 @@ def test_a_dead_letter_keeps_the_time_the_task_failed_not_the_time_it_was_record
 def test_a_dead_letter_the_database_refuses_as_it_came_is_kept_escaped_not_looped(db_url):
     """PostgreSQL's JSONB refuses a NUL (a signed body that is not a webhook can hold one): the
     recorder stores the message escaped instead of crashing on it again and again."""
-    record = dlq.input_record(task="waflow.ingestor.ingest_raw", task_id="t-nul", queue="wa.incoming.raw",
+    record = records.input_record(task="waflow.ingestor.ingest_raw", task_id="t-nul", queue="wa.incoming.raw",
                               reason="body is not JSON", error_type="NotAWebhook", args=["a\x00b", 1.0],
                               received_at=1.0)
     acked = []
     message = type("Message", (), {"body": json.dumps(record).encode(), "headers": {},
                                    "ack": lambda self: acked.append(1)})()
-    with dlq.recorder_connection() as conn:
-        dlq.Recorder(conn, timedelta(days=30), database_url=db_url).on_message(message)
+    with recorder.recorder_connection() as conn:
+        recorder.Recorder(conn, timedelta(days=30), database_url=db_url).on_message(message)
     assert acked == [1]
     with orm(db_url) as session:
         row = session.scalars(sa.select(DeadLetter)).one()

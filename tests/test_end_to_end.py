@@ -66,7 +66,7 @@ def wait_rows(stack, table: str, expected: int, timeout: float = 60, where: str 
 
 def drain_dead_letters(stack, timeout: float = 0.0) -> list[dict]:
     """Take every dead-letter record off the queue (waiting up to ``timeout`` for the first)."""
-    from waflow.dlq import DEAD_LETTER_QUEUE
+    from waflow.dlq.records import DEAD_LETTER_QUEUE
 
     records = []
     with Connection(stack.settings.broker_url,

@@ -16,10 +16,11 @@ import pytest
 import sqlalchemy as sa
 
 from support import SimulatorProcess, free_port, orm
-from waflow import compose, limiter, outbound, whatsapp
+from waflow import compose, limiter, whatsapp
 from waflow.config import settings
-from waflow.core import upsert_contact, upsert_conversation
+from waflow.contacts import upsert_contact, upsert_conversation
 from waflow.db import autocommit, get_engine, transaction
+from waflow.outbound import claim as claiming, commands, operator, settle as settling, task, warmup
 from waflow.events import ContactInfo
 from waflow.models import Message, MessageStatus, OutboundMessage
 from waflow.tasks import TransientError
@@ -38,15 +39,15 @@ def meta():
 def stage(meta, db_url, monkeypatch, tmp_path):
     """The outbound stage wired to the test database, the simulator and a fresh limiter store."""
     meta.control("POST", "reset")
-    monkeypatch.setattr(outbound, "transaction", lambda: transaction(db_url))
-    monkeypatch.setattr(outbound, "autocommit", lambda: autocommit(db_url))
-    monkeypatch.setattr(outbound, "get_engine", lambda **kw: get_engine(db_url, **kw))
-    monkeypatch.setattr(outbound, "_client", whatsapp.Client(meta.api_url, settings.access_token))
     store = limiter.FileStore(tmp_path / "limiter", settings.send_rate)
-    monkeypatch.setattr(limiter, "default_store", lambda: store)
     queued: list[tuple[tuple, dict]] = []
-    monkeypatch.setattr(outbound.send_message, "apply_async", lambda args, **kw: queued.append((args, kw)))
-    return SimpleNamespace(db=db_url, store=store, queued=queued, meta=meta)
+    wiring = task.Wiring(database_url=db_url, store=store, client=whatsapp.Client(meta.api_url, settings.access_token),
+                         dispatch=lambda name, args, **kw: queued.append((tuple(args), kw)))
+
+    def send(outbound_id: int, retries: int = 0) -> str:
+        return task.deliver(outbound_id, None, retries, 3, wiring)
+
+    return SimpleNamespace(db=db_url, store=store, queued=queued, meta=meta, wiring=wiring, send=send)
 
 
 def wrote_recently(db: str, wa_id: str, hours_ago: float = 1) -> None:
@@ -58,7 +59,7 @@ def wrote_recently(db: str, wa_id: str, hours_ago: float = 1) -> None:
 
 def command(db: str, recipient: str, message: dict, key: str | None = None, lane: str = "reply") -> int:
     with transaction(db) as conn:
-        queued, _ = outbound.command(conn, key=key or f"test:{recipient}:{message}", recipient=recipient,
+        queued, _ = commands.command(conn, key=key or f"test:{recipient}:{message}", recipient=recipient,
                                      message=message, lane=lane)
     return queued.id
 
@@ -66,10 +67,6 @@ def command(db: str, recipient: str, message: dict, key: str | None = None, lane
 def row(db: str, outbound_id: int) -> OutboundMessage:
     with orm(db) as session:
         return session.get(OutboundMessage, outbound_id)
-
-
-def send(outbound_id: int, retries: int = 0) -> str:
-    return outbound.deliver(outbound_id, None, retries, 3)
 
 
 def fault(stage, **spec) -> None:
@@ -82,7 +79,7 @@ def fault(stage, **spec) -> None:
 def test_a_reply_is_sent_once_with_our_id_and_recorded_with_its_wamid(stage):
     wrote_recently(stage.db, "15550001001")
     oid = command(stage.db, "15550001001", {"kind": "text", "body": "We received your documents."})
-    assert send(oid) == "accepted"
+    assert stage.send(oid) == "accepted"
     [sent] = stage.meta.sends(to="15550001001")
     assert sent["body"]["text"]["body"] == "We received your documents."
     assert sent["biz_opaque_callback_data"] == f"waflow:{oid}"
@@ -98,16 +95,16 @@ def test_a_command_given_twice_under_one_key_is_stored_and_sent_once(stage):
     first = command(stage.db, "15550001002", {"kind": "text", "body": "Hello"}, key="draft:17")
     again = command(stage.db, "15550001002", {"kind": "text", "body": "Hello (edited)"}, key="draft:17")
     assert first == again
-    send(first)
-    send(again)
+    stage.send(first)
+    stage.send(again)
     assert len(stage.meta.sends(to="15550001002")) == 1
 
 
 def test_a_redelivered_send_that_meta_accepted_is_not_sent_again(stage):
     wrote_recently(stage.db, "15550001003")
     oid = command(stage.db, "15550001003", {"kind": "text", "body": "Once"})
-    assert send(oid) == "accepted"
-    assert send(oid) == "already accepted"  # the broker handed the task out again
+    assert stage.send(oid) == "accepted"
+    assert stage.send(oid) == "already accepted"  # the broker handed the task out again
     assert len(stage.meta.sends(to="15550001003")) == 1
 
 
@@ -116,8 +113,8 @@ def test_a_send_found_mid_call_after_a_crash_is_left_in_doubt_and_never_resent(s
     oid = command(stage.db, "15550001004", {"kind": "text", "body": "Did this go?"})
     with transaction(stage.db) as conn:  # the last attempt marked it sending, then its worker died
         conn.execute(sa.update(OutboundMessage).where(OutboundMessage.id == oid).values(status="sending"))
-    assert send(oid) == "in doubt"
-    assert send(oid) == "already in_doubt"
+    assert stage.send(oid) == "in doubt"
+    assert stage.send(oid) == "already in_doubt"
     assert stage.meta.sends(to="15550001004") == []
     assert row(stage.db, oid).status == "in_doubt"
 
@@ -126,15 +123,15 @@ def test_a_second_copy_of_a_task_leaves_a_send_in_progress_alone(stage):
     wrote_recently(stage.db, "15550001009")
     oid = command(stage.db, "15550001009", {"kind": "text", "body": "in flight"})
     with transaction(stage.db) as conn:
-        assert isinstance(outbound.claim(conn, oid, stage.store, "task-A"), outbound.Claimed)
+        assert isinstance(claiming.claim(conn, oid, stage.store, "task-A"), claiming.Claimed)
     with transaction(stage.db) as conn:  # a duplicate message of the same command, under another task id
-        skipped = outbound.claim(conn, oid, stage.store, "task-B")
+        skipped = claiming.claim(conn, oid, stage.store, "task-B")
     assert skipped.reason == "being sent by task task-A" and row(stage.db, oid).status == "sending"
     with transaction(stage.db) as conn:  # long after the call's time limit: task-A died mid-call
         conn.execute(sa.update(OutboundMessage).where(OutboundMessage.id == oid).values(
-            claimed_at=datetime.now(timezone.utc) - outbound.CALL_LEASE - timedelta(seconds=1)))
+            claimed_at=datetime.now(timezone.utc) - claiming.CALL_LEASE - timedelta(seconds=1)))
     with transaction(stage.db) as conn:
-        assert outbound.claim(conn, oid, stage.store, "task-B").reason == "in doubt"
+        assert claiming.claim(conn, oid, stage.store, "task-B").reason == "in doubt"
 
 
 def _status_event(wamid: str, status: str, callback: str | None, recipient: str):
@@ -156,7 +153,7 @@ def test_a_status_webhook_settles_a_send_in_doubt_as_accepted_and_sends_the_next
     second = command(stage.db, "15550001005", {"kind": "text", "body": "second"})
     with transaction(stage.db) as conn:
         conn.execute(sa.update(OutboundMessage).where(OutboundMessage.id == first).values(status="in_doubt"))
-    assert send(second) == "accepted"  # a message in doubt belongs to a person now: it holds nothing back
+    assert stage.send(second) == "accepted"  # a message in doubt belongs to a person now: it holds nothing back
     following: list = []
     with transaction(stage.db) as conn:
         persist_event(conn, _status_event("wamid.SETTLED", "delivered", f"waflow:{first}", "15550001005"), following)
@@ -172,13 +169,13 @@ def test_statuses_that_arrived_before_the_send_was_recorded_are_folded_into_it(s
     wrote_recently(stage.db, "15550001006")
     oid = command(stage.db, "15550001006", {"kind": "text", "body": "fast"})
     with transaction(stage.db) as conn:
-        claimed = outbound.claim(conn, oid, stage.store)
-    answer = outbound._client.send(claimed.phone_number_id, claimed.body)
+        claimed = claiming.claim(conn, oid, stage.store)
+    answer = stage.wiring.client.send(claimed.phone_number_id, claimed.body)
     # Meta's "read" overtakes our own record of the acceptance.
     with transaction(stage.db) as conn:
         persist_event(conn, _status_event(answer.wamid, "read", None, "15550001006"))
     with transaction(stage.db) as conn:
-        outbound.settle(conn, claimed, answer, last_attempt=False)
+        settling.settle(conn, claimed, answer, last_attempt=False)
     with orm(stage.db) as session:
         assert session.scalars(sa.select(Message.status).where(Message.wamid == answer.wamid)).one() == "read"
 
@@ -189,7 +186,7 @@ def test_statuses_that_arrived_before_the_send_was_recorded_are_folded_into_it(s
 def test_outside_the_24_hour_window_a_non_template_is_refused_before_calling_meta(stage):
     wrote_recently(stage.db, "15550001007", hours_ago=25)
     oid = command(stage.db, "15550001007", {"kind": "text", "body": "Are you there?"})
-    assert send(oid) == "outside the 24-hour window"
+    assert stage.send(oid) == "outside the 24-hour window"
     refused = row(stage.db, oid)
     assert (refused.status, refused.error_code) == ("failed", 131047)
     assert "24 hours" in refused.error_details
@@ -198,7 +195,7 @@ def test_outside_the_24_hour_window_a_non_template_is_refused_before_calling_met
 
 def test_outside_the_24_hour_window_a_template_goes(stage):
     oid = command(stage.db, "15550001008", {"kind": "template", "name": "case_update", "parameters": ["2026-114"]})
-    assert send(oid) == "accepted"  # a stranger: no window at all
+    assert stage.send(oid) == "accepted"  # a stranger: no window at all
     [sent] = stage.meta.sends(to="15550001008")
     assert sent["body"]["template"]["components"][0]["parameters"] == [{"type": "text", "text": "2026-114"}]
 
@@ -212,7 +209,7 @@ def test_a_permanent_error_fails_the_message_at_once_keeping_metas_code_and_text
     wrote_recently(stage.db, recipient)
     oid = command(stage.db, recipient, {"kind": "text", "body": "x"})
     fault(stage, code=code, details=f"detail for {code}")
-    assert send(oid) == "failed"  # no TransientError: the retry policy never sees it
+    assert stage.send(oid) == "failed"  # no TransientError: the retry policy never sees it
     failed = row(stage.db, oid)
     assert (failed.status, failed.error_code) == ("failed", code)
     assert failed.error_details == f"detail for {code}" and failed.error_title.startswith(f"(#{code})")
@@ -226,11 +223,11 @@ def test_a_transient_error_is_handed_to_the_retry_policy_and_holds_the_message(s
     oid = command(stage.db, "15550002000", {"kind": "text", "body": f"retry {spec}"})
     fault(stage, **spec)
     with pytest.raises(TransientError):
-        send(oid)
+        stage.send(oid)
     held = row(stage.db, oid)
     assert held.status == "queued" and held.error_code == spec.get("code")
     # The retry goes through (the fault was used up).
-    assert send(oid, retries=1) == "accepted"
+    assert stage.send(oid, retries=1) == "accepted"
 
 
 def test_a_transient_error_on_the_last_attempt_fails_the_message_for_the_dead_letter_queue(stage):
@@ -238,16 +235,16 @@ def test_a_transient_error_on_the_last_attempt_fails_the_message_for_the_dead_le
     oid = command(stage.db, "15550002001", {"kind": "text", "body": "last try"})
     fault(stage, code=131000)
     with pytest.raises(TransientError):
-        send(oid, retries=3)
+        stage.send(oid, retries=3)
     assert (row(stage.db, oid).status, row(stage.db, oid).error_code) == ("failed", 131000)
 
 
 def test_a_refused_connection_is_transient(stage, monkeypatch):
-    monkeypatch.setattr(outbound, "_client", whatsapp.Client(f"http://127.0.0.1:{free_port()}/v25.0", "t"))
+    monkeypatch.setattr(stage.wiring, "client", whatsapp.Client(f"http://127.0.0.1:{free_port()}/v25.0", "t"))
     wrote_recently(stage.db, "15550002002")
     oid = command(stage.db, "15550002002", {"kind": "text", "body": "nobody there"})
     with pytest.raises(TransientError, match="network error"):
-        send(oid)
+        stage.send(oid)
     assert row(stage.db, oid).status == "queued"
 
 
@@ -257,7 +254,7 @@ def test_a_send_whose_answer_never_came_is_left_in_doubt_not_retried(stage, monk
     wrote_recently(stage.db, "15550002003")
     oid = command(stage.db, "15550002003", {"kind": "text", "body": "did it arrive?"})
     fault(stage, **spec)
-    assert send(oid) == "in_doubt"
+    assert stage.send(oid) == "in_doubt"
     assert row(stage.db, oid).status == "in_doubt" and stage.queued == []
 
 
@@ -265,7 +262,7 @@ def test_throughput_130429_pauses_the_number_and_puts_the_message_back_without_s
     wrote_recently(stage.db, "15550002004")
     oid = command(stage.db, "15550002004", {"kind": "text", "body": "too fast"})
     fault(stage, code=130429)
-    assert send(oid, retries=2) == "queued"
+    assert stage.send(oid, retries=2) == "queued"
     [(args, options)] = stage.queued
     assert args == (oid,) and options["retries"] == 2 and not options.get("countdown")
     assert stage.store.status(NUMBER)["paused_until"] is not None
@@ -278,12 +275,12 @@ def test_pair_limit_131056_waits_four_to_the_x_seconds_for_that_recipient(stage)
     wrote_recently(stage.db, "15550002005")
     oid = command(stage.db, "15550002005", {"kind": "text", "body": "again"})
     fault(stage, code=131056, count=2)
-    send(oid)
+    stage.send(oid)
     # That recipient waits (other recipients do not): the message's next try is put off too.
     assert stage.store.pair_reserve(NUMBER, "15550002005") > 0.5
     assert stage.store.pair_reserve(NUMBER, "15550002099") == 0
     time.sleep(1.05)
-    send(oid)  # refused again once the wait is over: 4 s this time
+    stage.send(oid)  # refused again once the wait is over: 4 s this time
     assert [kw["countdown"] for _, kw in stage.queued] == [pytest.approx(1.0), pytest.approx(4.0)]
     assert [kw["retries"] for _, kw in stage.queued] == [0, 0]
     assert row(stage.db, oid).pair_attempts == 2
@@ -293,7 +290,7 @@ def test_maintenance_131057_waits_at_least_a_minute(stage):
     wrote_recently(stage.db, "15550002006")
     oid = command(stage.db, "15550002006", {"kind": "text", "body": "upgrade"})
     fault(stage, code=131057)
-    send(oid)
+    stage.send(oid)
     [(_, options)] = stage.queued
     assert options["countdown"] >= 60
     assert stage.store.status(NUMBER)["paused_until"] is not None
@@ -306,12 +303,12 @@ def test_a_recipients_messages_leave_in_the_order_they_were_commanded(stage):
     wrote_recently(stage.db, "15550003001")
     first = command(stage.db, "15550003001", {"kind": "text", "body": "one"})
     second = command(stage.db, "15550003001", {"kind": "text", "body": "two"})
-    assert send(second).startswith("waiting for outbound")  # its task ran first: it parks
+    assert stage.send(second).startswith("waiting for outbound")  # its task ran first: it parks
     assert row(stage.db, second).parked
-    assert send(first) == "accepted"
+    assert stage.send(first) == "accepted"
     [(args, options)] = stage.queued  # the first one's outcome sends the second on
     assert args == (second,) and options["headers"]["lane"] == "reply"
-    assert send(second) == "accepted"
+    assert stage.send(second) == "accepted"
     assert [s["body"]["text"]["body"] for s in stage.meta.sends(to="15550003001")] == ["one", "two"]
 
 
@@ -323,11 +320,11 @@ def test_a_message_being_retried_holds_back_the_later_ones_to_that_recipient_onl
     other = command(stage.db, "15550003003", {"kind": "text", "body": "someone else"})
     fault(stage, code=131000, to="15550003002")
     with pytest.raises(TransientError):
-        send(first)
-    assert send(second).startswith("waiting for outbound")
-    assert send(other) == "accepted"
-    assert send(first, retries=1) == "accepted"
-    assert send(second) == "accepted"
+        stage.send(first)
+    assert stage.send(second).startswith("waiting for outbound")
+    assert stage.send(other) == "accepted"
+    assert stage.send(first, retries=1) == "accepted"
+    assert stage.send(second) == "accepted"
     assert [s["body"]["text"]["body"] for s in stage.meta.sends(to="15550003002")] == ["one", "two"]
 
 
@@ -337,12 +334,12 @@ def test_pair_pacing_puts_off_a_recipients_burst_and_leaves_others_alone(stage):
     ids = [command(stage.db, "15550003004", {"kind": "text", "body": f"m{i}"}) for i in range(7)]
     outcomes = []
     for oid in ids:
-        outcomes.append(send(oid))
+        outcomes.append(stage.send(oid))
         for args, _ in list(stage.queued):  # deliver what each outcome sends on, as a worker would
             stage.queued.clear()
-            outcomes.append(send(args[0]))
+            outcomes.append(stage.send(args[0]))
     assert outcomes.count("deferred") >= 1  # the burst allowance (5) ran out
-    assert send(command(stage.db, "15550003005", {"kind": "text", "body": "not held"})) == "accepted"
+    assert stage.send(command(stage.db, "15550003005", {"kind": "text", "body": "not held"})) == "accepted"
 
 
 # --- kinds -------------------------------------------------------------------------------------------------------
@@ -365,7 +362,7 @@ KINDS = [
 def test_each_message_kind_reaches_meta_in_its_documented_shape(stage, message):
     wrote_recently(stage.db, "15550004000")
     oid = command(stage.db, "15550004000", message)
-    assert send(oid) == "accepted", row(stage.db, oid).error_details
+    assert stage.send(oid) == "accepted", row(stage.db, oid).error_details
     [sent] = stage.meta.sends(to="15550004000")
     assert sent["body"] == {**compose.request_body(compose.parse(message), "15550004000"),
                             "biz_opaque_callback_data": f"waflow:{oid}"}
@@ -373,14 +370,14 @@ def test_each_message_kind_reaches_meta_in_its_documented_shape(stage, message):
 
 def test_a_read_receipt_marks_the_clients_message_read(stage):
     oid = command(stage.db, "15550004001", {"kind": "read", "message_id": "wamid.CLIENT-1", "typing": True})
-    assert send(oid) == "accepted"
+    assert stage.send(oid) == "accepted"
     [read] = stage.meta.control("GET", "reads")["reads"]
     assert read["message_id"] == "wamid.CLIENT-1"
 
 
 def test_a_business_scoped_user_id_is_sent_as_recipient(stage):
     oid = command(stage.db, "US.13491208655302741918", {"kind": "template", "name": "hello_world"})
-    assert send(oid) == "accepted"
+    assert stage.send(oid) == "accepted"
     [sent] = stage.meta.sends(to="US.13491208655302741918")
     assert "to" not in sent["body"] and sent["body"]["recipient"] == "US.13491208655302741918"
 
@@ -398,10 +395,10 @@ def test_a_dead_lettered_send_replayed_is_queued_again(stage):
     oid = command(stage.db, "15550004003", {"kind": "text", "body": "after the outage"})
     fault(stage, code=131000)
     with pytest.raises(TransientError):
-        send(oid, retries=3)
+        stage.send(oid, retries=3)
     with transaction(stage.db) as conn:
-        outbound.reopen(conn, [oid], {})
-    assert send(oid) == "accepted"
+        operator.reopen(conn, [oid], {})
+    assert stage.send(oid) == "accepted"
 
 
 # --- races and half-finished attempts (a second review's findings) -----------------------------------------------
@@ -415,12 +412,12 @@ def test_metas_late_answer_never_overwrites_an_acceptance_a_status_webhook_recor
     wrote_recently(stage.db, "15550005001")
     oid = command(stage.db, "15550005001", {"kind": "text", "body": "once"})
     with transaction(stage.db) as conn:
-        claimed = outbound.claim(conn, oid, stage.store, "task-1")
+        claimed = claiming.claim(conn, oid, stage.store, "task-1")
     with transaction(stage.db) as conn:
         persist_event(conn, _status_event("wamid.WEBHOOK-FIRST", "sent", f"waflow:{oid}", "15550005001"))
     lost = whatsapp.Answer(whatsapp.Outcome.UNKNOWN_OUTCOME, title="no answer within 15s")
     with transaction(stage.db) as conn:
-        assert outbound.settle(conn, claimed, lost, last_attempt=False).status == "settled meanwhile"
+        assert settling.settle(conn, claimed, lost, last_attempt=False).status == "settled meanwhile"
     assert (row(stage.db, oid).status, row(stage.db, oid).wamid) == ("accepted", "wamid.WEBHOOK-FIRST")
 
 
@@ -431,10 +428,10 @@ def test_a_status_webhook_for_a_send_being_retried_settles_it_and_the_retry_send
     oid = command(stage.db, "15550005002", {"kind": "text", "body": "took it after all"})
     fault(stage, status=502)  # a 5xx that hid an acceptance
     with pytest.raises(TransientError):
-        send(oid)
+        stage.send(oid)
     with transaction(stage.db) as conn:
         persist_event(conn, _status_event("wamid.HIDDEN", "delivered", f"waflow:{oid}", "15550005002"))
-    assert send(oid, retries=1) == "already accepted"
+    assert stage.send(oid, retries=1) == "already accepted"
     assert stage.meta.sends(to="15550005002") == []
 
 
@@ -442,12 +439,12 @@ def test_a_lost_wake_up_is_made_good_by_the_next_look_at_the_settled_message(sta
     wrote_recently(stage.db, "15550005003")
     first = command(stage.db, "15550005003", {"kind": "text", "body": "one"})
     second = command(stage.db, "15550005003", {"kind": "text", "body": "two"})
-    send(second)  # parks behind the first
-    assert send(first) == "accepted"
+    stage.send(second)  # parks behind the first
+    assert stage.send(first) == "accepted"
     stage.queued.clear()  # the wake-up's publish was lost (the worker died after its commit)
-    assert send(first) == "already accepted"  # the redelivered task of the first...
+    assert stage.send(first) == "already accepted"  # the redelivered task of the first...
     assert [args for args, _ in stage.queued] == [(second,)]  # ...wakes the second again
-    assert send(second) == "accepted"
+    assert stage.send(second) == "accepted"
     assert not row(stage.db, second).parked
 
 
@@ -461,28 +458,28 @@ def test_a_limiter_outage_before_the_call_hands_the_message_back_instead_of_leav
     waiting = limiter.wait_for_slot
     monkeypatch.setattr(limiter, "wait_for_slot", unreachable)
     with pytest.raises(TransientError, match="no send slot"):
-        send(oid)
+        stage.send(oid)
     assert row(stage.db, oid).status == "queued" and stage.meta.sends(to="15550005004") == []
     monkeypatch.setattr(limiter, "wait_for_slot", waiting)
-    assert send(oid, retries=1) == "accepted"
+    assert stage.send(oid, retries=1) == "accepted"
 
 
 def test_a_replayed_send_goes_again_only_if_it_failed_and_keeps_its_lane(stage):
-    from waflow import dlq
+    from waflow.dlq.tooling import NotReplayable
 
     wrote_recently(stage.db, "15550005005")
     oid = command(stage.db, "15550005005", {"kind": "text", "body": "replay me"})
-    assert send(oid) == "accepted"
-    with transaction(stage.db) as conn, pytest.raises(dlq.NotReplayable, match="is accepted"):
-        outbound.reopen(conn, [oid], {})
+    assert stage.send(oid) == "accepted"
+    with transaction(stage.db) as conn, pytest.raises(NotReplayable, match="is accepted"):
+        operator.reopen(conn, [oid], {})
     with transaction(stage.db) as conn:  # dead-lettered mid-call
         conn.execute(sa.update(OutboundMessage).where(OutboundMessage.id == oid).values(status="sending"))
     with transaction(stage.db) as conn:
-        assert "now in doubt" in outbound.reopen(conn, [oid], {})["skip"]
+        assert "now in doubt" in operator.reopen(conn, [oid], {})["skip"]
     assert row(stage.db, oid).status == "in_doubt"
     with transaction(stage.db) as conn:
         conn.execute(sa.update(OutboundMessage).where(OutboundMessage.id == oid).values(status="failed"))
-        publish_as = outbound.reopen(conn, [oid], {})
+        publish_as = operator.reopen(conn, [oid], {})
     assert publish_as == {"queue": "wa.outgoing.command",
                           "headers": {"lane": "reply", "phone_number_id": NUMBER}}
     assert row(stage.db, oid).status == "queued"
@@ -497,8 +494,8 @@ def test_an_unreadable_answer_after_the_request_went_out_is_in_doubt(stage, monk
     def truncated(*_a, **_k):
         raise urllib3.exceptions.IncompleteRead(12, 30)
 
-    monkeypatch.setattr(outbound._client.http, "request", truncated)
-    assert send(oid) == "in_doubt"
+    monkeypatch.setattr(stage.wiring.client.http, "request", truncated)
+    assert stage.send(oid) == "in_doubt"
 
 
 def test_a_200_without_a_message_id_is_in_doubt_not_retried():
@@ -507,25 +504,25 @@ def test_a_200_without_a_message_id_is_in_doubt_not_retried():
 
 
 def test_a_message_put_back_after_its_broadcast_was_cancelled_is_not_sent(stage):
-    from waflow import broadcast
+    from waflow.outbound import broadcast
 
     with transaction(stage.db) as conn:
         bid = broadcast.start(conn, name="b-cancel", template="hello_world", language="en_US",
                               phone_number_id=NUMBER, recipients=[broadcast.Recipient(1, "15550005007", ())])
     oid = row_id_for(stage.db, "15550005007")
     reply = command(stage.db, "15550005007", {"kind": "template", "name": "hello_world"}, key="reply-after")
-    assert send(reply).startswith("waiting for outbound")  # a reply parked behind the broadcast message
+    assert stage.send(reply).startswith("waiting for outbound")  # a reply parked behind the broadcast message
     with transaction(stage.db) as conn:
-        claimed = outbound.claim(conn, oid, stage.store, "t")  # in flight when the cancel comes
+        claimed = claiming.claim(conn, oid, stage.store, "t")  # in flight when the cancel comes
     with transaction(stage.db) as conn:
         cancelled, waiting = broadcast.cancel(conn, "b-cancel", stage.store)
     assert cancelled == 0  # it was sending
     refused = whatsapp.Answer(whatsapp.Outcome.THROUGHPUT, code=130429)
     with transaction(stage.db) as conn:
-        outbound.settle(conn, claimed, refused, last_attempt=False)  # put back, queued again
-    assert send(oid) == "broadcast cancelled"
+        settling.settle(conn, claimed, refused, last_attempt=False)  # put back, queued again
+    assert stage.send(oid) == "broadcast cancelled"
     assert row(stage.db, oid).status == "cancelled"
-    assert send(reply) == "accepted"  # the reply behind it goes
+    assert stage.send(reply) == "accepted"  # the reply behind it goes
     assert bid
 
 
@@ -556,7 +553,7 @@ def template(case: str) -> dict:
 def test_a_template_send_is_claimed_and_recorded_in_one_statement_each(stage):
     oid = command(stage.db, "15550006001", template("2026-201"))
     quick, full = _statements(get_engine(stage.db, autocommit=True)), _statements(get_engine(stage.db))
-    assert send(oid) == "accepted"
+    assert stage.send(oid) == "accepted"
     # Claim, acceptance (its contact, conversation and message in the same statement), next message.
     assert [s.split("(")[0] for s in quick] == ["EXECUTE waflow_claim", "SET LOCAL synchronous_commit TO OFF; EXECUTE waflow_accept",
                                                 "EXECUTE waflow_next"]
@@ -571,17 +568,17 @@ def test_a_template_send_is_claimed_and_recorded_in_one_statement_each(stage):
 @postgresql_only
 def test_the_one_statement_acceptance_keeps_a_status_that_came_first(stage):
     oid = command(stage.db, "15550006002", template("2026-202"))
-    with outbound.autocommit() as conn:
-        claimed = outbound.claim_at_once(conn, oid, stage.store, "task-1")
+    with autocommit(stage.db) as conn:
+        claimed = claiming.claim_at_once(conn, oid, stage.store, "task-1")
     wamid = "wamid.early-status"
     with transaction(stage.db) as conn:  # Meta's "delivered" webhook was stored before the answer
         conn.execute(sa.insert(MessageStatus).values(wamid=wamid, status="delivered", content={},
                                                      timestamp=datetime.now(timezone.utc)))
     answer = whatsapp.Answer(whatsapp.Outcome.ACCEPTED, wamid=wamid, wa_id="15550006002", http_status=200)
-    with outbound.autocommit() as conn:
-        assert outbound.accept_at_once(conn, claimed, answer).status == "accepted"
+    with autocommit(stage.db) as conn:
+        assert settling.accept_at_once(conn, claimed, answer).status == "accepted"
         # A second answer for the same claim (a redelivered task's) changes nothing.
-        assert outbound.accept_at_once(conn, claimed, answer).status == "settled meanwhile"
+        assert settling.accept_at_once(conn, claimed, answer).status == "settled meanwhile"
     with orm(stage.db) as session:
         assert session.scalars(sa.select(Message.status).where(Message.wamid == wamid)).one() == "delivered"
 
@@ -589,8 +586,8 @@ def test_the_one_statement_acceptance_keeps_a_status_that_came_first(stage):
 @postgresql_only
 def test_a_one_statement_claim_put_off_by_pair_pacing_takes_its_mark_back(stage):
     oids = [command(stage.db, "15550006003", template(f"2026-3{i:02d}")) for i in range(limiter.PAIR_BURST + 1)]
-    assert [send(oid) for oid in oids[:-1]] == ["accepted"] * limiter.PAIR_BURST
-    assert send(oids[-1]) == "deferred"
+    assert [stage.send(oid) for oid in oids[:-1]] == ["accepted"] * limiter.PAIR_BURST
+    assert stage.send(oids[-1]) == "deferred"
     stored = row(stage.db, oids[-1])
     assert (stored.status, stored.attempts, stored.claimed_by) == ("queued", 0, None)
     assert len(stage.queued) == 1  # put back on its queue for later
@@ -600,11 +597,11 @@ def test_a_one_statement_claim_put_off_by_pair_pacing_takes_its_mark_back(stage)
 def test_a_template_behind_one_still_on_its_way_parks_and_is_sent_on_by_its_acceptance(stage):
     first = command(stage.db, "15550006004", template("2026-401"))
     second = command(stage.db, "15550006004", template("2026-402"))
-    assert send(second).startswith("waiting for outbound")  # the one statement matched nothing: full claim
-    assert send(first) == "accepted"
+    assert stage.send(second).startswith("waiting for outbound")  # the one statement matched nothing: full claim
+    assert stage.send(first) == "accepted"
     [(args, _)] = stage.queued
     assert args == (second,)
-    assert send(second) == "accepted"
+    assert stage.send(second) == "accepted"
 
 
 def test_a_connection_idle_past_the_limit_is_replaced_before_a_send(stage, monkeypatch):
@@ -642,7 +639,7 @@ def test_a_sender_warms_up_its_connections_and_statements(stage, monkeypatch):
     from waflow.db import dispose_engines
 
     dispose_engines()
-    outbound.warm_up(3)
+    warmup.warm_up(3, stage.wiring)
     if not stage.db.startswith("sqlite"):
         engine = get_engine(stage.db, autocommit=True)
         assert engine.pool.checkedin() == 3
@@ -654,9 +651,9 @@ def test_a_sender_warms_up_its_connections_and_statements(stage, monkeypatch):
                                       "WHERE name LIKE 'waflow_%%'").all() for c in conns]
         assert all(dict(r) == {"waflow_claim": 1, "waflow_accept": 1, "waflow_next": 1} for r in runs), runs
     warmed = []
-    monkeypatch.setattr(outbound, "warm_up", warmed.append)
-    outbound.warm_up_sender({"wa.incoming.raw"}, 4)
-    outbound.warm_up_sender({"wa.outgoing.broadcast"}, 8)
+    monkeypatch.setattr(warmup, "warm_up", warmed.append)
+    warmup.warm_up_sender({"wa.incoming.raw"}, 4)
+    warmup.warm_up_sender({"wa.outgoing.broadcast"}, 8)
     assert warmed == [8]  # only a worker that consumes a send queue
 
 

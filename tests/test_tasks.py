@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from support import ROOT
-from waflow import consumer, outbound, queues, tasks
+from waflow import consumer, queues
+from waflow.outbound import warmup
 from waflow.celery import app
 from waflow.tasks import describe_args
 
@@ -126,8 +127,8 @@ def test_quorum_queues_dead_letter_at_least_once_past_a_delivery_limit_through_t
 ])
 def test_a_sender_warms_up_in_a_thread_while_mingle_waits_unless_its_pool_forks(pool, consumed, expected, monkeypatch):
     warmed = []
-    monkeypatch.setattr(outbound, "warm_up", lambda threads: warmed.append((threads, threading.current_thread().name)))
-    monkeypatch.setattr(tasks, "_consumed_queues", lambda: consumed)
+    monkeypatch.setattr(warmup, "warm_up", lambda threads: warmed.append((threads, threading.current_thread().name)))
+    monkeypatch.setattr(warmup, "_consumed_queues", lambda: consumed)
     paced = type("Consumer", (), {})()  # hashable, as the signal's sender must be
     paced.pool = type("TaskPool", (), {"__module__": pool})()
     paced.controller = SimpleNamespace(concurrency=8)
@@ -139,7 +140,7 @@ def test_a_sender_warms_up_in_a_thread_while_mingle_waits_unless_its_pool_forks(
     if thread is not None:
         thread.join(5)
     at_connect = list(warmed)
-    tasks._warm_up_a_sender(sender=paced)  # worker_ready: waits for the thread, or warms up now
+    warmup._warm_up_before_the_first_message(sender=paced)  # worker_ready: waits for the thread, or warms up now
     if expected == "while connecting":
         assert at_connect == [(8, "waflow-sender-warm-up")] and warmed == at_connect
     elif expected == "at ready":
@@ -154,5 +155,5 @@ def test_worker_ready_waits_for_a_warm_up_still_running():
     thread = threading.Thread(target=release.wait, args=(5,))
     thread.start()
     threading.Timer(0.2, release.set).start()
-    tasks._warm_up_a_sender(sender=SimpleNamespace(sender_warm_up=thread))
+    warmup._warm_up_before_the_first_message(sender=SimpleNamespace(sender_warm_up=thread))
     assert not thread.is_alive()  # the event loop starts only once the sender is warmed up

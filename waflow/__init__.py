@@ -14,7 +14,7 @@ from flask import Flask
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the Flask app; ``test_config`` overrides settings (tests pass a publisher or settings)."""
-    from waflow import cli, config
+    from waflow import cli, config, web
     from waflow.broker import make_publisher
     from waflow.gateway import bp as gateway_bp
     from waflow.health import bp as health_bp
@@ -31,7 +31,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config.from_mapping({k: v for k, v in test_config.items() if k != "WAFLOW_PUBLISHER"})
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app.extensions["waflow.publisher"] = (test_config or {}).get("WAFLOW_PUBLISHER") or make_publisher(settings)
+    web.init_app(app)
     app.register_blueprint(gateway_bp)
     app.register_blueprint(health_bp)
-    cli.register(app)
+    for command in cli.commands():
+        app.cli.add_command(command)
     return app

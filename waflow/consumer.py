@@ -3,15 +3,13 @@
 Installed for every worker with ``worker_consumer = "waflow.consumer:PacedConsumer"``. Tasks
 without ``rate_limit`` are untouched. For a task with one (the send task's ``rate_limit="80/s"``)
 the worker's token bucket is replaced, because stock Celery fails a sender twice over
-(``../shared/reference/celery.md`` §1, measured on this stack):
+(``../shared/reference/celery.md`` §1; ``tests/test_consumer.py`` shows both):
 
 1. **Backlog collapse.** Each message added to a waiting bucket adds another timer entry, and
-   kombu's Hub fires at most ten due timers per loop turn and then sleeps a whole second. With
-   200 messages queued and ``40/s``, a stock worker (threads, -c 4) ran 16 tasks in its first
-   second and then 1.0 a second; this consumer runs 39/s (``tests/test_consumer.py``).
+   kombu's Hub fires at most ten due timers per loop turn and then sleeps a whole second: with a
+   backlog, a stock worker falls to about one task a second whatever the limit.
 2. **Per-worker limit.** Each worker process keeps its own bucket: N workers allow N times the
-   limit, 160/s at ``80/s`` with two, where Meta allows 80 per number. (Measured: two stock
-   workers at ``40/s`` ran 32 tasks in their first second, then exactly twice one worker's rate.)
+   limit, where Meta allows one limit per number.
 
 Here ``bucket_for_task`` returns a :class:`TaskPacer`: per business phone number (message header
 ``phone_number_id``) a :class:`NumberBucket` of waiting requests, paced by ``waflow.limiter``
@@ -35,7 +33,7 @@ unacked in the worker's main process, as stock ones do, never in a pool slot:
   waiting 100 ms more for others, while no timer fires (:func:`_start_without_blocking_the_loop`).
 - **Store down**: logged once per outage, re-checked every second; nothing leaves without a slot.
 - **Connected**: once the broker connection is up, before mingle's second of waiting for other
-  workers, the consumer sends :data:`connected` (``waflow.tasks`` warms a sender up meanwhile).
+  workers, the consumer sends :data:`connected` (``waflow.outbound.warmup`` warms a sender up meanwhile).
 - On connection loss Celery calls ``clear_pending()`` (the broker redelivers what waited); ETA
   messages enter the bucket once their ETA passes, as stock.
 
@@ -72,38 +70,33 @@ REPLY, BROADCAST = "reply", "broadcast"
 LANES = (REPLY, BROADCAST)
 
 # A request goes to the pool this long before its slot, so the task's database work (claiming the
-# message) overlaps the wait; it then sleeps the rest in wait_for_slot. A warm pool starts the
-# task about 2.5 ms after the release (threads and prefork alike, measured by
-# tests/test_consumer.py), but a sender's first sends also open database connections, and a busy
-# 2-core machine delays threads: at 20 ms one sender lost slots for its first 2 s (bench/send.py,
-# 62/s for 200 sends), at 50 ms it kept the pace (78.0/s). A pool slot idles at most 50 ms; at
-# 80/s it reserves at most four slots ahead (a reply waits behind them: 50 ms), at 1000/s fifty.
+# message) overlaps the wait; it then sleeps the rest in wait_for_slot. Long enough for a task to
+# reach the pool and claim its message on a busy host (a warm pool starts a task within a few ms,
+# but a busy 2-core machine delays threads by tens); short enough that a pool slot idles at most
+# 50 ms and a reply waits at most 50 ms behind the slots already reserved (four at 80/s).
 LEAD = 0.050
 # One call to the store takes the slots within LEAD and those up to this fraction of LEAD after it,
 # as many as the bucket holds and up to half of the requests that may wait for slots
 # (Pacing.max_batch): at 400/s, 4 slots a call instead of one. The consumers of all senders wake
 # when the next slot comes within LEAD, and all but one are told to wait: taking a batch makes such
-# rounds rarer. At 80/s a call takes one or two slots.
+# rounds rarer.
 BATCH_SPAN = 0.5
 # No slot is taken sooner than this fraction of LEAD: a task needs that long to reach the pool and
 # claim its message, and a slot it cannot reach passes unused (the task then takes a fresh one).
 # It matters when the number was idle (the next free slot is "now") or the consumers fell behind;
-# otherwise the next slot lies LEAD away. Before it, the first sends of every 400/s run in
-# bench/send.py were late by their claim (5-20 ms) and lost their slots.
+# otherwise the next slot lies LEAD away.
 CLAIM_ROOM = 0.5
 # A request is handed to the pool only while a pool slot is free for it: one queued behind busy
-# slots would start after its send slot (seen at 400/s: 40 to 150 ms late, each costing a slot).
+# slots would start after its send slot, and the slot would pass unused.
 # While every pool slot is taken, or MAX_WAITING requests wait for their slots, the consumer looks
 # again this often (without asking the store).
 POOL_FULL_RECHECK = 0.005
 # At most this many requests of one worker wait in the pool for their slots; its other threads carry
 # the sends under way. Meta takes a quarter of a second or more to answer, during which the send
-# holds its thread: with the simulator answering in 250 ms, one sender of 8 threads carried 28.5
-# sends a second, of 32 threads 78.4 (bench/send.py --meta-latency 0.25). But more requests waiting
-# at once, all claiming their messages together on a busy host, reach their slots late: at 400/s,
-# four senders of 32 threads each, without this bound, took 2.68 to 3.13 s for 1,000 sends. Only
-# where the task runs in the consumer's process does its mark reach the consumer: a forking pool
-# keeps the bound of its pool alone.
+# holds its thread, so a sender needs many threads (docs/benchmarks.md, "Send"); but requests that
+# all claim their messages at the same moment on a busy host reach their slots late, so only a few
+# may wait at once. Only where the task runs in the consumer's process does its mark reach the
+# consumer: a forking pool keeps the bound of its pool alone.
 MAX_WAITING = 8
 # A store that cannot be reached is asked again this often.
 RECHECK_WHEN_DOWN = 1.0
@@ -117,7 +110,7 @@ SWITCH_INTERVAL = 0.001
 
 #: Sent by :class:`PacedConsumer` each time it has connected to the broker, before mingle's second
 #: of waiting for other workers and the other consumer steps: a worker may start work of its own
-#: meanwhile (``waflow.tasks`` warms up a sender). A receiver that raises is logged, not fatal.
+#: meanwhile (``waflow.outbound.warmup`` warms up a sender). A receiver that raises is logged, not fatal.
 connected = Signal(name="waflow_consumer_connected")
 
 
@@ -125,8 +118,8 @@ def _fire_due_timers_without_pause(hub: Hub) -> None:
     """Make the Hub poll at once, not after a second, when it stopped firing timers at its cap.
 
     ``Hub.fire_timers`` fires at most ten due entries per loop turn and then answers "sleep
-    ``min_delay``" (1 s) even though more are due: 25 retries sharing a countdown hold a
-    bucket's 12 ms timer back by 2 s (measured). With ``min_delay=0`` the loop polls without
+    ``min_delay``" (1 s) even though more are due: retries sharing a countdown would hold a
+    bucket's timer back by whole seconds. With ``min_delay=0`` the loop polls without
     blocking and fires the rest; an empty timer still sleeps its second (``create_loop``).
     """
     hub.fire_timers = functools.partial(type(hub).fire_timers, hub, min_delay=0)
@@ -137,8 +130,8 @@ def _start_without_blocking_the_loop(hub: Hub) -> None:
 
     As it starts, Celery's loop queues ``loops._quick_drain``, which reads the prefetched messages
     with ``drain_events(timeout=0.1)``: after the last of them it blocks the loop a whole 100 ms
-    more. No pacing timer fires meanwhile, so the slots of a sender's first 100 ms go unused
-    (measured at 80/s: three sends, then nothing for 100 ms). With a zero timeout py-amqp reads
+    more. No pacing timer fires meanwhile, so the slots of a sender's first 100 ms would go unused.
+    With a zero timeout py-amqp reads
     what is there and stops (it keeps a partly read frame for the next read).
     """
     call_soon = hub.call_soon

@@ -5,7 +5,7 @@ message) and hands the connection to plain functions. Stages write through
 SQLAlchemy Core statements on a ``Connection``, not the ORM ``Session``: every
 write is an idempotent ``INSERT … ON CONFLICT`` or a conditional ``UPDATE``,
 which need no identity map, and skipping the ORM's unit of work roughly halves
-the CPU a message costs (measured in ``docs/benchmarks.md``). The models in
+the CPU a message costs (``docs/benchmarks.md``). The models in
 ``waflow.models`` still define the tables, and tests read through them.
 
 The engine is built lazily, once per process, so a forked worker child never

@@ -26,8 +26,7 @@ from typing import Any, Iterator
 
 from pydantic import ValidationError
 
-from waflow import dlq, limiter, queues
-from waflow.core import handle_normalized
+from waflow import limiter, queues
 from waflow.db import insert, transaction
 from waflow.events import (
     Context,
@@ -40,9 +39,9 @@ from waflow.events import (
     StatusUpdate,
     describe_validation_error,
 )
-from waflow.media import record_media
 from waflow.models import WebhookPayload
-from waflow.tasks import stage_task
+from waflow.dlq import records
+from waflow.tasks import celery_app, dispatch, stage_task
 
 logger = logging.getLogger(__name__)
 
@@ -446,6 +445,10 @@ def _debit_inbound(batch: Batch) -> None:
 
 # --- the task --------------------------------------------------------------------------------------------------
 
+# The next stages, by wire name (waflow/stages.py routes them): core persists, media downloads.
+NORMALIZED_TASK = "waflow.core.handle_normalized"
+MEDIA_TASK = "waflow.media.record_media"
+
 
 @stage_task(name="waflow.ingestor.ingest_raw", queue=queues.INCOMING_RAW)
 def ingest_raw(body: str, received_at: float) -> int:
@@ -456,22 +459,22 @@ def ingest_raw(body: str, received_at: float) -> int:
         batch = split_webhook(raw, received_at)
     except NotAWebhook as exc:
         logger.warning("ingest_raw: not a WhatsApp webhook (%s), dead-lettered", exc)
-        dlq.publish(dlq.input_record(task=ingest_raw.name, task_id=ingest_raw.request.id, queue=queues.INCOMING_RAW,
-                                     reason=str(exc), error_type="NotAWebhook", args=[body, received_at],
-                                     received_at=received_at))
+        records.publish(celery_app, records.input_record(
+            task=ingest_raw.name, task_id=ingest_raw.request.id, queue=queues.INCOMING_RAW, reason=str(exc),
+            error_type="NotAWebhook", args=[body, received_at], received_at=received_at))
         return 0
     with transaction() as conn:
         store_payload(conn, raw, batch.sha256, received_at)
     for event in batch.events:
-        handle_normalized.apply_async((event.model_dump(mode="json", exclude_none=True),))
+        dispatch(NORMALIZED_TASK, (event.model_dump(mode="json", exclude_none=True),))
     for job in batch.media_jobs:
-        record_media.apply_async((job,))
+        dispatch(MEDIA_TASK, (job,))
     _debit_inbound(batch)
     for n, (reason, update) in enumerate(batch.rejected):
         # Replaying the record re-ingests the whole body: what was stored stays stored once.
         logger.warning("ingest_raw: payload %s: unreadable update (%s), dead-lettered", batch.sha256[:12], reason)
-        dlq.publish(dlq.input_record(task=ingest_raw.name, task_id=ingest_raw.request.id, queue=queues.INCOMING_RAW,
-                                     reason=reason, error_type="BadUpdate", args=[body, received_at],
-                                     received_at=received_at, position=f"update-{n}",
-                                     detail=json.dumps(update, ensure_ascii=False, default=str)))
+        records.publish(celery_app, records.input_record(
+            task=ingest_raw.name, task_id=ingest_raw.request.id, queue=queues.INCOMING_RAW, reason=reason,
+            error_type="BadUpdate", args=[body, received_at], received_at=received_at, position=f"update-{n}",
+            detail=json.dumps(update, ensure_ascii=False, default=str)))
     return len(batch.events)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import logging
 import random
-import threading
 import time
 from typing import Any, Callable
 
@@ -32,7 +31,9 @@ from celery.exceptions import Reject
 from kombu import exceptions as kombu_exc
 from sqlalchemy import exc as sa_exc
 
-from waflow import consumer as paced_consumer
+from waflow import stages
+from waflow.db import dispose_engines, transaction
+from waflow.dlq import records
 from waflow.limiter import LimiterUnavailable
 
 logger = logging.getLogger(__name__)
@@ -44,8 +45,6 @@ celery_app.config_from_object("celeryconfig")
 @signals.worker_process_init.connect
 def _fresh_connections_in_child(**_: Any) -> None:
     """A prefork child must not reuse the connections it inherited from its parent."""
-    from waflow.db import dispose_engines
-
     dispose_engines()
 
 
@@ -53,61 +52,8 @@ def _fresh_connections_in_child(**_: Any) -> None:
 def _declare_the_dead_letter_queue(**_: Any) -> None:
     """Every worker declares ``wa.dead_letter`` and its binding to ``wa.dlx`` as it starts, so the
     broker has somewhere to dead-letter a message before any record was ever published."""
-    from waflow.dlq import DEAD_LETTER_QUEUE
-
     with celery_app.connection_for_write() as conn:
-        DEAD_LETTER_QUEUE(conn.default_channel).declare()
-
-
-# Pools that run tasks in the worker's own process: nothing forks once the consumer runs.
-_POOLS_WITHOUT_FORK = ("celery.concurrency.thread", "celery.concurrency.solo")
-
-
-def _consumed_queues() -> set[str]:
-    return set(getattr(celery_app.amqp.queues, "consume_from", None) or ())
-
-
-def _concurrency(consumer: Any) -> int:
-    return int(getattr(getattr(consumer, "controller", None), "concurrency", None) or 1)
-
-
-@paced_consumer.connected.connect
-def _warm_up_a_sender_while_mingle_waits(sender: Any = None, **_: Any) -> None:
-    """A sender on a pool that does not fork warms up (``outbound.warm_up_sender``) in a thread of
-    its own while its consumer waits in mingle (a second of asking other workers for revoked tasks);
-    the worker_ready handler waits for that thread.
-
-    Warming up at ready instead, the senders that finished mingle after another one took 150 to
-    330 ms to warm up (the first: 70 ms), competing with its sends, and became ready that much later
-    (bench/send.py at 400/s, sender logs). The consumer connects after the worker has set up its
-    logging, which writes the environment: a warm-up thread started earlier, at worker_init,
-    crashed two senders in about 400 boots (libpq reading the environment while Celery's boot wrote
-    it: a segfault in getenv). A forking pool warms up at ready, in the worker's own thread.
-    """
-    from waflow.outbound import is_sender, warm_up_sender
-
-    consumed = _consumed_queues()
-    if getattr(sender, "sender_warm_up", None) is not None or not is_sender(consumed):
-        return  # once, not again on a reconnection
-    if type(getattr(sender, "pool", None)).__module__ not in _POOLS_WITHOUT_FORK:
-        return
-    thread = threading.Thread(target=warm_up_sender, args=(consumed, _concurrency(sender)),
-                              name="waflow-sender-warm-up", daemon=True)
-    sender.sender_warm_up = thread
-    thread.start()
-
-
-@signals.worker_ready.connect
-def _warm_up_a_sender(sender: Any = None, **_: Any) -> None:
-    """A sender is warmed up before its event loop handles the first message: it waits for the
-    warm-up that ran during mingle, or warms up now (a forking pool)."""
-    from waflow.outbound import warm_up_sender
-
-    thread = getattr(sender, "sender_warm_up", None)
-    if thread is not None:
-        thread.join()
-        return
-    warm_up_sender(_consumed_queues(), _concurrency(sender))
+        records.DEAD_LETTER_QUEUE(conn.default_channel).declare()
 
 
 @signals.after_setup_logger.connect
@@ -202,6 +148,10 @@ def describe_args(args: tuple | list) -> str:
     return "(" + ", ".join(describe(a) for a in args) + ")"
 
 
+def describe_kwargs(kwargs: dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}: {describe(v)}" for k, v in kwargs.items()) + "}"
+
+
 class StageTask(Task):
     """Base task: redacted argument representations on every publish (retries included), the
     retry policy's bounded jitter, and a guard against a message that keeps killing its worker.
@@ -210,7 +160,7 @@ class StageTask(Task):
 
     def apply_async(self, args=None, kwargs=None, **options):  # type: ignore[override]
         options.setdefault("argsrepr", describe_args(args or ()))
-        options.setdefault("kwargsrepr", "{" + ", ".join(f"{k}: {describe(v)}" for k, v in (kwargs or {}).items()) + "}")
+        options.setdefault("kwargsrepr", describe_kwargs(kwargs or {}))
         return super().apply_async(args, kwargs, **options)
 
     def retry(self, args=None, kwargs=None, exc=None, throw=True, eta=None, countdown=None, max_retries=None,
@@ -234,12 +184,9 @@ class StageTask(Task):
 
     def _guard_redelivery(self) -> None:
         """Count a redelivered message; dead-letter it once it has come back too often."""
-        from waflow import dlq
-        from waflow.db import transaction
-
         try:
             with transaction() as conn:
-                count = dlq.count_redelivery(conn, self.request.id)
+                count = records.count_redelivery(conn, self.request.id)
         except TRANSIENT_ERRORS as exc:
             # The database is away: the task body will meet that too and retry; count next time.
             logger.warning("%s[%s]: redelivery not counted (%s)", self.name, self.request.id, type(exc).__name__)
@@ -268,14 +215,12 @@ def _dead_letter_what_failed(sender: Task | None = None, task_id: str | None = N
     publish fails, the broker's copy still arrives (the recorder merges the two by task id)."""
     if not isinstance(sender, StageTask) or task_id is None or exception is None:
         return
-    from waflow import dlq
-
     request = sender.request
     queue = (request.delivery_info or {}).get("routing_key") or sender.queue
     logger.error("%s[%s] failed for good after %d retries (%s): dead-lettered", sender.name, task_id,
                  request.retries or 0, type(exception).__name__)
     try:
-        dlq.publish(dlq.failure_record(
+        records.publish(celery_app, records.failure_record(
             task=sender.name, task_id=task_id, queue=queue, exc=exception, args=args, kwargs=kwargs,
             retries=request.retries or 0, first_failed_at=getattr(request, FIRST_FAILED_HEADER, None),
             traceback_text=getattr(einfo, "traceback", None),
@@ -285,8 +230,15 @@ def _dead_letter_what_failed(sender: Task | None = None, task_id: str | None = N
                      sender.name, task_id, type(exc).__name__)
 
 
-def stage_task(*, name: str, queue: str, **options: Any) -> Callable[[Callable[..., Any]], Task]:
-    """Declare a pipeline task consumed from ``queue`` under the wire name ``name``."""
+def stage_task(*, name: str, queue: str, prepare_replay: Callable[..., Any] | None = None,
+               **options: Any) -> Callable[[Callable[..., Any]], Task]:
+    """Declare a pipeline task consumed from ``queue`` under the wire name ``name``.
+
+    ``prepare_replay(conn, args, kwargs)``: what replaying a dead letter of this task must do
+    first (``waflow.dlq.tooling``); it travels with the task, so the tooling needs no table of hooks."""
+    routed = stages.task_routes().get(name)
+    if routed is not None and routed["queue"] != queue:
+        raise ValueError(f"{name} is routed to {routed['queue']} in waflow/stages.py, not {queue}")
     options.setdefault("acks_late", True)
     # A task that failed for good is rejected without requeue, after its record is published:
     # RabbitMQ moves it to wa.dead_letter (wa.dlx), so even an unpublished record loses nothing.
@@ -316,7 +268,21 @@ def stage_task(*, name: str, queue: str, **options: Any) -> Callable[[Callable[.
                 raise Reject(exc, requeue=True) from exc
 
         options.setdefault("base", StageTask)
+        if prepare_replay is not None:
+            options["prepare_replay"] = staticmethod(prepare_replay)
         task = celery_app.task(name=name, queue=queue, **options)(run)
         return task
 
     return decorate
+
+
+def dispatch(name: str, args: tuple | list = (), kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
+    """Queue the task ``name`` on its stage's queue (``waflow.stages``; ``queue=`` names a lane)
+    without importing the stage: how one stage hands work to the next.
+
+    Like ``StageTask.apply_async`` it publishes a redacted ``argsrepr`` and ``kwargsrepr``: a bare
+    ``send_task`` would show a client's text in Flower, task events and log lines."""
+    options.setdefault("queue", stages.queue_of(name))
+    options.setdefault("argsrepr", describe_args(args))
+    options.setdefault("kwargsrepr", describe_kwargs(kwargs or {}))
+    return celery_app.send_task(name, args=list(args), kwargs=kwargs or {}, **options)

@@ -1,6 +1,6 @@
 """Sending commands: ``send``, ``broadcast``, ``broadcast-cancel``, ``send-rate``, ``outbox``.
 
-All of them work through the outbound stage (``waflow.outbound``): a command is
+All of them work through the sender's command API (``waflow.outbound.commands``): a command is
 stored under an idempotency key and its send task queued; the sender workers do
 the rest at the number's pace.
 """
@@ -12,177 +12,167 @@ import uuid
 from pathlib import Path
 
 import click
+import requests
 import sqlalchemy as sa
-from flask import Flask
+from flask import current_app
+from flask.cli import AppGroup, with_appcontext
+
+from waflow import compose, limiter, whatsapp
+from waflow.db import transaction
+from waflow.models import OutboundMessage
+from waflow.outbound import broadcast, commands, operator
 
 
-def register(app: Flask) -> None:
-    settings = app.config["WAFLOW_SETTINGS"]
-
-    @app.cli.command("send")
-    @click.argument("to")
-    @click.argument("text", required=False)
-    @click.option("--template", help="Send this approved template instead of text.")
-    @click.option("--param", "params", multiple=True, help="A template body parameter ({{1}}, {{2}}, ...), in order.")
-    @click.option("--language", default="en_US", show_default=True, help="The template's language.")
-    @click.option("--reply-to", help="The wamid of the client's message to quote.")
-    @click.option("--key", help="Idempotency key (default: a new one): the same key never sends twice.")
-    @click.option("--wait", "wait_seconds", default=15.0, show_default=True,
-                  help="Seconds to wait for Meta's answer (0: queue and return).")
-    def send(to, text, template, params, language, reply_to, key, wait_seconds) -> None:
-        """Send one message to TO (a phone number, or a business-scoped user id) as a reply."""
-        from waflow import compose, outbound
-        from waflow.db import transaction
-
-        if bool(text) == bool(template):
-            raise click.UsageError("give TEXT, or --template NAME (with --param for its parameters)")
-        message = ({"kind": "template", "name": template, "language": language, "parameters": list(params)}
-                   if template else {"kind": "text", "body": text})
-        if reply_to:
-            message["reply_to"] = reply_to
-        try:
-            with transaction() as conn:
-                queued, new = outbound.command(conn, key=key or f"cli:{uuid.uuid4()}", recipient=to,
-                                               message=message)
-                status = _status(conn, queued.id)
-        except compose.InvalidCommand as exc:
-            raise click.ClickException(f"not sent: {exc}") from None
-        if status == "queued":
-            # New, or commanded before and still unsent (its publish may have been lost): queue it.
-            # A second task for one message is harmless: only one claims it.
-            outbound.enqueue([queued])
-        click.echo(f"outbound {queued.id} {'queued' if new else f'was already commanded under that key ({status})'}")
-        if wait_seconds > 0:
-            row = _wait_settled(queued.id, wait_seconds)
-            click.echo(_describe(row) if row else f"still queued after {wait_seconds:.0f}s: are the senders running?")
-
-    @app.cli.command("broadcast")
-    @click.argument("template")
-    @click.argument("recipients", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-    @click.option("--language", default="en_US", show_default=True, help="The template's language code.")
-    @click.option("--name", help="The broadcast's name (default: TEMPLATE-FILE); run again under it to resume.")
-    @click.option("--dry-run", is_flag=True, help="Check everything and say what would be queued; queue nothing.")
-    @click.option("--requeue", is_flag=True, help="Queue every unsent message again (after queues were purged).")
-    @click.option("--no-wait", is_flag=True, help="Queue and return, without the progress bar.")
-    def broadcast_command(template, recipients, language, name, dry_run, requeue, no_wait) -> None:
-        """Send TEMPLATE to every recipient in RECIPIENTS.csv (no header; recipient, then parameters)."""
-        from waflow import broadcast
-        from waflow.db import transaction
-
-        name = name or f"{template}-{recipients.stem}"
-        try:
-            rows = broadcast.read_recipients(recipients)
-            expected = _template_parameters(settings, template, language)
-            count = broadcast.check_parameters(rows, expected)
-        except broadcast.BroadcastError as exc:
-            raise click.ClickException(f"nothing queued: {exc}") from None
-        checked = ("checked with Meta" if expected is not None
-                   else "not checked with Meta (set WHATSAPP_WABA_ID): every row gives the same number")
-        click.echo(f"broadcast {name!r}: {template} ({language}), {len(rows)} recipient(s), "
-                   f"{count} parameter(s) each, {checked}")
-        if dry_run:
-            for r in rows[:3]:
-                click.echo(f"  would send to {r.to}: {list(r.parameters)}")
-            click.echo("dry run: nothing queued")
-            return
-        try:
-            with transaction() as conn:
-                broadcast_id = broadcast.start(conn, name=name, template=template, language=language,
-                                               phone_number_id=settings.phone_number_id, recipients=rows)
-        except broadcast.BroadcastError as exc:
-            raise click.ClickException(str(exc)) from None
-        queued = broadcast.queue_unqueued(transaction, broadcast_id, requeue=requeue)
-        click.echo(f"queued {queued} send(s) on the broadcast lane")
-        if not no_wait:
-            _watch(broadcast_id)
-
-    @app.cli.command("broadcast-cancel")
-    @click.argument("name")
-    def broadcast_cancel(name: str) -> None:
-        """Stop broadcast NAME: nothing not yet sent will be."""
-        from waflow import broadcast
-        from waflow.db import transaction
-
-        from waflow import outbound
-
-        try:
-            with transaction() as conn:
-                cancelled, waiting = broadcast.cancel(conn, name)
-        except broadcast.BroadcastError as exc:
-            raise click.ClickException(str(exc)) from None
-        outbound.enqueue(waiting)  # replies that were waiting behind a cancelled message go now
-        click.echo(f"broadcast {name!r} cancelled: {cancelled} unsent message(s) will not be sent")
-
-    @app.cli.command("send-rate")
-    @click.argument("rate", type=click.IntRange(1, 1000), required=False)
-    @click.option("--phone-number-id", default=None, help="The number (default: WHATSAPP_PHONE_NUMBER_ID).")
-    @click.option("--clear", is_flag=True, help="Forget the stored rate: WHATSAPP_SEND_RATE applies again.")
-    def send_rate(rate, phone_number_id, clear) -> None:
-        """Show the number's send rate, or store RATE (msg/s) for every sender at once."""
-        from waflow import limiter
-
-        store = limiter.default_store()
-        number = phone_number_id or settings.phone_number_id
-        if clear:
-            store.clear_rate(number)
-        elif rate is not None:
-            store.set_rate(number, rate)
-        s = store.status(number)
-        click.echo(f"{number}: {s['rate']:g} msg/s ({s['rate_source']}), paced at {s['effective_rate']:.1f}/s; "
-                   f"next slot in {s['next_slot_in']:.3f}s"
-                   + (f"; paused until {time.strftime('%H:%M:%S', time.localtime(s['paused_until']))}"
-                      if s.get("paused_until") else ""))
-
-    @app.cli.group("outbox")
-    def outbox() -> None:
-        """Outbound messages: list them, and settle the ones in doubt."""
-
-    @outbox.command("list")
-    @click.option("--status", type=click.Choice(["queued", "sending", "accepted", "failed", "in_doubt",
-                                                 "cancelled"]), default="in_doubt", show_default=True)
-    @click.option("--limit", default=50, show_default=True)
-    def outbox_list(status, limit) -> None:
-        """List outbound messages in one state (in doubt: sent or not, only Meta or a person knows)."""
-        from waflow.db import transaction
-        from waflow.models import OutboundMessage
-
+@click.command("send")
+@with_appcontext
+@click.argument("to")
+@click.argument("text", required=False)
+@click.option("--template", help="Send this approved template instead of text.")
+@click.option("--param", "params", multiple=True, help="A template body parameter ({{1}}, {{2}}, ...), in order.")
+@click.option("--language", default="en_US", show_default=True, help="The template's language.")
+@click.option("--reply-to", help="The wamid of the client's message to quote.")
+@click.option("--key", help="Idempotency key (default: a new one): the same key never sends twice.")
+@click.option("--wait", "wait_seconds", default=15.0, show_default=True,
+              help="Seconds to wait for Meta's answer (0: queue and return).")
+def send(to, text, template, params, language, reply_to, key, wait_seconds) -> None:
+    """Send one message to TO (a phone number, or a business-scoped user id) as a reply."""
+    if bool(text) == bool(template):
+        raise click.UsageError("give TEXT, or --template NAME (with --param for its parameters)")
+    message = ({"kind": "template", "name": template, "language": language, "parameters": list(params)}
+               if template else {"kind": "text", "body": text})
+    if reply_to:
+        message["reply_to"] = reply_to
+    try:
         with transaction() as conn:
-            rows = conn.execute(sa.select(OutboundMessage.__table__).where(OutboundMessage.status == status)
-                                .order_by(OutboundMessage.id).limit(limit)).all()
-        if not rows:
-            click.echo(f"no outbound message is {status}")
-        for r in rows:
-            click.echo(_describe(r))
+            queued, new = commands.command(conn, key=key or f"cli:{uuid.uuid4()}", recipient=to,
+                                           message=message)
+            status = _status(conn, queued.id)
+    except compose.InvalidCommand as exc:
+        raise click.ClickException(f"not sent: {exc}") from None
+    if status == "queued":
+        # New, or commanded before and still unsent (its publish may have been lost): queue it.
+        # A second task for one message is harmless: only one claims it.
+        commands.enqueue([queued])
+    click.echo(f"outbound {queued.id} {'queued' if new else f'was already commanded under that key ({status})'}")
+    if wait_seconds > 0:
+        row = _wait_settled(queued.id, wait_seconds)
+        click.echo(_describe(row) if row else f"still queued after {wait_seconds:.0f}s: are the senders running?")
 
-    @outbox.command("resolve")
-    @click.argument("outbound_id", type=int)
-    @click.option("--accepted", "wamid", help="Meta did take it: its wamid (from Meta's dashboard or the client).")
-    @click.option("--failed", is_flag=True, help="It did not go and should not: mark it failed.")
-    @click.option("--resend", is_flag=True, help="It did not go: send it (again); also queues again a message "
-                                                 "left queued with no task (`outbox list --status queued`).")
-    @click.option("--by", default=getpass.getuser, show_default="your user name")
-    def outbox_resolve(outbound_id, wamid, failed, resend, by) -> None:
-        """Settle a message in doubt, by a person's decision (or queue an unsent one again)."""
-        from waflow import outbound
-        from waflow.db import transaction
 
-        if sum(map(bool, (wamid, failed, resend))) != 1:
-            raise click.UsageError("choose one of --accepted WAMID, --failed, --resend")
+@click.command("broadcast")
+@with_appcontext
+@click.argument("template")
+@click.argument("recipients", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--language", default="en_US", show_default=True, help="The template's language code.")
+@click.option("--name", help="The broadcast's name (default: TEMPLATE-FILE); run again under it to resume.")
+@click.option("--dry-run", is_flag=True, help="Check everything and say what would be queued; queue nothing.")
+@click.option("--requeue", is_flag=True, help="Queue every unsent message again (after queues were purged).")
+@click.option("--no-wait", is_flag=True, help="Queue and return, without the progress bar.")
+def broadcast_command(template, recipients, language, name, dry_run, requeue, no_wait) -> None:
+    """Send TEMPLATE to every recipient in RECIPIENTS.csv (no header; recipient, then parameters)."""
+    name = name or f"{template}-{recipients.stem}"
+    try:
+        rows = broadcast.read_recipients(recipients)
+        expected = _template_parameters(current_app.config["WAFLOW_SETTINGS"], template, language)
+        count = broadcast.check_parameters(rows, expected)
+    except broadcast.BroadcastError as exc:
+        raise click.ClickException(f"nothing queued: {exc}") from None
+    checked = ("checked with Meta" if expected is not None
+               else "not checked with Meta (set WHATSAPP_WABA_ID): every row gives the same number")
+    click.echo(f"broadcast {name!r}: {template} ({language}), {len(rows)} recipient(s), "
+               f"{count} parameter(s) each, {checked}")
+    if dry_run:
+        for r in rows[:3]:
+            click.echo(f"  would send to {r.to}: {list(r.parameters)}")
+        click.echo("dry run: nothing queued")
+        return
+    try:
         with transaction() as conn:
-            try:
-                following = outbound.resolve(conn, outbound_id, wamid=wamid, failed=failed, resend=resend, by=by)
-            except outbound.NotInDoubt as exc:
-                raise click.ClickException(str(exc)) from None
-        outbound.enqueue(following)
-        click.echo(f"outbound {outbound_id} settled by {by}")
+            broadcast_id = broadcast.start(conn, name=name, template=template, language=language,
+                                           phone_number_id=current_app.config["WAFLOW_SETTINGS"].phone_number_id,
+                                       recipients=rows)
+    except broadcast.BroadcastError as exc:
+        raise click.ClickException(str(exc)) from None
+    queued = broadcast.queue_unqueued(transaction, broadcast_id, requeue=requeue)
+    click.echo(f"queued {queued} send(s) on the broadcast lane")
+    if not no_wait:
+        _watch(broadcast_id)
+
+
+@click.command("broadcast-cancel")
+@with_appcontext
+@click.argument("name")
+def broadcast_cancel(name: str) -> None:
+    """Stop broadcast NAME: nothing not yet sent will be."""
+    try:
+        with transaction() as conn:
+            cancelled, waiting = broadcast.cancel(conn, name)
+    except broadcast.BroadcastError as exc:
+        raise click.ClickException(str(exc)) from None
+    commands.enqueue(waiting)  # replies that were waiting behind a cancelled message go now
+    click.echo(f"broadcast {name!r} cancelled: {cancelled} unsent message(s) will not be sent")
+
+
+@click.command("send-rate")
+@with_appcontext
+@click.argument("rate", type=click.IntRange(1, 1000), required=False)
+@click.option("--phone-number-id", default=None, help="The number (default: WHATSAPP_PHONE_NUMBER_ID).")
+@click.option("--clear", is_flag=True, help="Forget the stored rate: WHATSAPP_SEND_RATE applies again.")
+def send_rate(rate, phone_number_id, clear) -> None:
+    """Show the number's send rate, or store RATE (msg/s) for every sender at once."""
+    store = limiter.default_store()
+    number = phone_number_id or current_app.config["WAFLOW_SETTINGS"].phone_number_id
+    if clear:
+        store.clear_rate(number)
+    elif rate is not None:
+        store.set_rate(number, rate)
+    s = store.status(number)
+    click.echo(f"{number}: {s['rate']:g} msg/s ({s['rate_source']}), paced at {s['effective_rate']:.1f}/s; "
+               f"next slot in {s['next_slot_in']:.3f}s"
+               + (f"; paused until {time.strftime('%H:%M:%S', time.localtime(s['paused_until']))}"
+                  if s.get("paused_until") else ""))
+
+
+@click.group("outbox", cls=AppGroup)
+def outbox() -> None:
+    """Outbound messages: list them, and settle the ones in doubt."""
+
+@outbox.command("list")
+@click.option("--status", type=click.Choice(["queued", "sending", "accepted", "failed", "in_doubt",
+                                             "cancelled"]), default="in_doubt", show_default=True)
+@click.option("--limit", default=50, show_default=True)
+def outbox_list(status, limit) -> None:
+    """List outbound messages in one state (in doubt: sent or not, only Meta or a person knows)."""
+    with transaction() as conn:
+        rows = conn.execute(sa.select(OutboundMessage.__table__).where(OutboundMessage.status == status)
+                            .order_by(OutboundMessage.id).limit(limit)).all()
+    if not rows:
+        click.echo(f"no outbound message is {status}")
+    for r in rows:
+        click.echo(_describe(r))
+
+@outbox.command("resolve")
+@click.argument("outbound_id", type=int)
+@click.option("--accepted", "wamid", help="Meta did take it: its wamid (from Meta's dashboard or the client).")
+@click.option("--failed", is_flag=True, help="It did not go and should not: mark it failed.")
+@click.option("--resend", is_flag=True, help="It did not go: send it (again); also queues again a message "
+                                             "left queued with no task (`outbox list --status queued`).")
+@click.option("--by", default=getpass.getuser, show_default="your user name")
+def outbox_resolve(outbound_id, wamid, failed, resend, by) -> None:
+    """Settle a message in doubt, by a person's decision (or queue an unsent one again)."""
+    if sum(map(bool, (wamid, failed, resend))) != 1:
+        raise click.UsageError("choose one of --accepted WAMID, --failed, --resend")
+    with transaction() as conn:
+        try:
+            following = operator.resolve(conn, outbound_id, wamid=wamid, failed=failed, resend=resend, by=by)
+        except operator.NotInDoubt as exc:
+            raise click.ClickException(str(exc)) from None
+    commands.enqueue(following)
+    click.echo(f"outbound {outbound_id} settled by {by}")
 
 
 def _template_parameters(settings, template: str, language: str) -> int | None:
     """The template's parameter count from Meta, or None without WHATSAPP_WABA_ID."""
-    import requests
-
-    from waflow import broadcast, whatsapp
-
     if not settings.waba_id:
         return None
     client = whatsapp.Client(settings.whatsapp_api_url, settings.access_token)
@@ -196,15 +186,10 @@ def _template_parameters(settings, template: str, language: str) -> int | None:
 
 
 def _status(conn, outbound_id: int) -> str:
-    from waflow.models import OutboundMessage
-
     return conn.execute(sa.select(OutboundMessage.status).where(OutboundMessage.id == outbound_id)).scalar_one()
 
 
 def _wait_settled(outbound_id: int, seconds: float):
-    from waflow.db import transaction
-    from waflow.models import OutboundMessage
-
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         with transaction() as conn:
@@ -226,9 +211,6 @@ def _describe(row) -> str:
 
 def _watch(broadcast_id: int) -> None:
     """A progress bar while the broadcast drains, then its summary. Ctrl-C stops watching, not sending."""
-    from waflow import broadcast
-    from waflow.db import transaction
-
     with transaction() as conn:
         counts = broadcast.progress(conn, broadcast_id)
     total = sum(counts.values())

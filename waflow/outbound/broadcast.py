@@ -24,7 +24,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from waflow import compose, limiter, outbound
+from waflow import compose, limiter
+from waflow.outbound import commands
 from waflow.db import insert
 from waflow.models import Broadcast, OutboundMessage
 
@@ -106,7 +107,7 @@ def start(conn: sa.Connection, *, name: str, template: str, language: str, phone
             name=name, token=token, template=template, language=language, phone_number_id=phone_number_id,
             total=0, status="running", created_at=datetime.now(timezone.utc)).returning(Broadcast.id)).scalar_one()
     for r in recipients:
-        outbound.command(conn, key=f"broadcast:{name}:{r.to}", recipient=r.to, lane="broadcast",
+        commands.command(conn, key=f"broadcast:{name}:{r.to}", recipient=r.to, lane="broadcast",
                          phone_number_id=phone_number_id, broadcast_id=broadcast_id, broadcast_token=token,
                          message=compose.Template(name=template, language=language, parameters=list(r.parameters)))
     total = conn.execute(sa.select(sa.func.count()).where(OutboundMessage.broadcast_id == broadcast_id)).scalar_one()
@@ -131,7 +132,7 @@ def queue_unqueued(transaction, broadcast_id: int, requeue: bool = False) -> int
             rows = conn.execute(query).all()
             if not rows:
                 return queued
-            outbound.enqueue([outbound.Queued(r.id, "broadcast", r.phone_number_id, token) for r in rows])
+            commands.enqueue([commands.Queued(r.id, "broadcast", r.phone_number_id, token) for r in rows])
             conn.execute(sa.update(OutboundMessage).where(OutboundMessage.id.in_([r.id for r in rows]))
                          .values(enqueued_at=datetime.now(timezone.utc)))
             queued, last_id = queued + len(rows), rows[-1].id
@@ -153,7 +154,7 @@ def failures(conn: sa.Connection, broadcast_id: int) -> list[tuple[int | None, s
     return [(code, title, n) for code, title, n in rows]
 
 
-def cancel(conn: sa.Connection, name: str, store: limiter.Store | None = None) -> tuple[int, list[outbound.Queued]]:
+def cancel(conn: sa.Connection, name: str, store: limiter.Store | None = None) -> tuple[int, list[commands.Queued]]:
     """Stop a broadcast: its unsent messages are cancelled (their queued tasks then skip them without
     spending the number's budget, and one put back after this is cancelled when it comes round).
     Returns how many were cancelled, and the messages to queue after the commit: any reply that was
@@ -174,5 +175,5 @@ def cancel(conn: sa.Connection, name: str, store: limiter.Store | None = None) -
         parked = conn.execute(sa.select(OutboundMessage.id, OutboundMessage.lane).where(
             OutboundMessage.phone_number_id == number, OutboundMessage.recipient == recipient,
             OutboundMessage.status == "queued", OutboundMessage.parked.is_(True))).all()
-        waiting += [outbound.Queued(p.id, p.lane, number) for p in parked]
+        waiting += [commands.Queued(p.id, p.lane, number) for p in parked]
     return len(cancelled), waiting

@@ -1,0 +1,79 @@
+"""The sender's one command API: store a message to send, then queue its send task.
+
+The CLI (``send``, ``broadcast``), core (a status that wakes a waiting message), the draft
+stage and the dashboard all send through ``command`` and ``enqueue``. A command is stored
+under an idempotency key in ``outbound_messages``: the same key never sends twice. The
+send task is queued by name on its lane's queue (``wa.outgoing.command`` for replies,
+``wa.outgoing.broadcast`` for bulk, so a broadcast never holds up a reply), with the
+headers the paced consumer reads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import sqlalchemy as sa
+
+from waflow import compose, queues
+from waflow.config import settings
+from waflow.db import insert
+from waflow.models import OutboundMessage
+from waflow import tasks
+
+SEND_TASK = "waflow.outbound.send_message"
+LANES = {"reply": queues.OUTGOING_COMMAND, "broadcast": queues.OUTGOING_BROADCAST}
+
+
+@dataclass(frozen=True)
+class Queued:
+    """What the send task needs to be queued for one message."""
+
+    id: int
+    lane: str
+    phone_number_id: str
+    # The broadcast's token (``Broadcast.token``): the paced consumer skips the slot of a cancelled one.
+    broadcast: str | None = None
+
+
+def command(conn: sa.Connection, *, key: str, recipient: str, message: Any, lane: str = "reply",
+            phone_number_id: str | None = None, broadcast_id: int | None = None,
+            broadcast_token: str | None = None) -> tuple[Queued, bool]:
+    """Store a message to send under ``key``; return it and whether it is new (False: the same
+    key was commanded before, and nothing changes). Queue it with ``enqueue`` after the commit."""
+    if lane not in LANES:
+        raise ValueError(f"lane must be one of {', '.join(LANES)}")
+    if isinstance(message, dict):
+        message = compose.parse(message)
+    number = phone_number_id or settings.phone_number_id
+    now = datetime.now(timezone.utc)
+    new_id = conn.execute(insert(conn.dialect.name, OutboundMessage).values(
+        idempotency_key=key, phone_number_id=number, recipient=recipient, lane=lane, kind=message.kind,
+        payload=compose.request_body(message, recipient), text=message.text, broadcast_id=broadcast_id,
+        status="queued",
+        created_at=now, updated_at=now,
+    ).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(OutboundMessage.id)).scalar()
+    if new_id is not None:
+        return Queued(new_id, lane, number, broadcast_token), True
+    row = conn.execute(sa.select(OutboundMessage.id, OutboundMessage.lane, OutboundMessage.phone_number_id)
+                       .where(OutboundMessage.idempotency_key == key)).one()
+    return Queued(row.id, row.lane, row.phone_number_id, broadcast_token), False
+
+
+def headers(m: Queued) -> dict[str, str]:
+    """What the paced consumer reads of a send message (``waflow.consumer``)."""
+    values = {"lane": m.lane, "phone_number_id": m.phone_number_id}
+    if m.broadcast is not None:
+        values["broadcast_id"] = m.broadcast
+    return values
+
+
+def enqueue(messages: list[Queued], countdown: float | None = None, retries: int = 0, *,
+            dispatch: Callable[..., Any] | None = None) -> None:
+    """Queue the send task of each message on its lane, with what the paced consumer reads
+    (through ``dispatch``, by default ``waflow.tasks.dispatch``)."""
+    dispatch = dispatch or tasks.dispatch
+    for m in messages:
+        dispatch(SEND_TASK, (m.id,), queue=LANES[m.lane], headers=headers(m), countdown=countdown,
+                 retries=retries)
+
