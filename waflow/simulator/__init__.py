@@ -21,7 +21,8 @@ Modules: ``options`` (the options dataclass), ``app`` (the ``Simulator`` and ``c
 """
 from __future__ import annotations
 
-from waflow.simulator.app import Simulator, create_simulator
+from waflow.simulator.app import create_simulator
 from waflow.simulator.options import SimulatorOptions
+from waflow.simulator.state import Simulator
 
 __all__ = ["Simulator", "SimulatorOptions", "create_simulator"]
