@@ -111,11 +111,12 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def serve() -> Iterator[Any]:
-    """Serve a simulator app on a real loopback port (werkzeug, threaded); yields its base URL."""
+    """Serve a simulator app on a real loopback port (werkzeug, threaded; any free one unless given);
+    yields its base URL."""
     servers = []
 
-    def start(app: Flask) -> str:
-        server = make_server("127.0.0.1", 0, app, threaded=True)
+    def start(app: Flask, port: int = 0) -> str:
+        server = make_server("127.0.0.1", port, app, threaded=True)
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_port}"
