@@ -111,15 +111,17 @@ class Simulator:
         rt = self.runtime
         if not rt.status_webhooks:
             return
+        # Who the statuses name is settled now, with the options in force when the send was accepted.
+        who = self._recipient(send)
         if failure is not None:
             at = rt.late + rt.status_delay
-            self._schedule(partial(self._failed_body, send, int(send.accepted_at + at), failure), at)
+            self._schedule(partial(self._failed_body, send, who, int(send.accepted_at + at), failure), at)
             return
         # Event times stay in order; with --reorder only the order of delivery is shuffled.
         happened = [rt.late + rt.status_delay * (i + 1) for i in range(3)]
         delivery = self._shuffle.sample(happened, 3) if rt.reorder else happened
         for status, at, delay in zip(("sent", "delivered", "read"), happened, delivery):
-            self._schedule(partial(self._status_body, send, status, int(send.accepted_at + at), category), delay)
+            self._schedule(partial(self._status_body, send, who, status, int(send.accepted_at + at), category), delay)
 
     def _schedule(self, build: Any, delay: float) -> None:
         self.poster.schedule(build, delay)
@@ -133,21 +135,22 @@ class Simulator:
             return wa_id, self.users.user_id_for(wa_id) if self.runtime.user_ids else None
         return self.users.wa_id_for(send.recipient), send.recipient
 
-    def _status_body(self, send: Send, status: str, timestamp: int, category: str | None) -> bytes:
-        wa_id, user_id = self._recipient(send)
+    def _status_body(self, send: Send, who: tuple[str | None, str | None], status: str, timestamp: int,
+                     category: str | None) -> bytes:
+        wa_id, user_id = who
         update = status_update(wamid=send.wamid, status=status, timestamp=timestamp, to=send.to,
                                recipient=send.recipient, biz_opaque_callback_data=send.biz_opaque_callback_data,
                                category=category)
         return envelope(self.options.waba_id, send.phone_number_id, self.options.display_phone_number,
                         {"contacts": [contact(wa_id=wa_id, user_id=user_id)], "statuses": [update]})
 
-    def _failed_body(self, send: Send, timestamp: int, failure: Fault) -> bytes:
+    def _failed_body(self, send: Send, who: tuple[str | None, str | None], timestamp: int, failure: Fault) -> bytes:
         update = status_update(wamid=send.wamid, status="failed", timestamp=timestamp, to=send.to,
                                recipient=send.recipient, biz_opaque_callback_data=send.biz_opaque_callback_data,
                                category=None, error=webhook_error(failure.fail, failure.details or "simulated failure"))
         value: dict[str, Any] = {"statuses": [update]}
         if failure.with_contact:
-            wa_id, user_id = self._recipient(send)
+            wa_id, user_id = who
             value = {"contacts": [contact(wa_id=wa_id, user_id=None if wa_id else user_id)], **value}
         return envelope(self.options.waba_id, send.phone_number_id, self.options.display_phone_number, value)
 
