@@ -7,6 +7,8 @@
 - pywa's webhook receiver (its Flask routes, signature check on, filtering by phone number id
   and WABA id on) is fed by the simulator: each webhook runs its handler exactly once with the
   expected typed update, and pywa logs nothing at WARNING or above.
+- The same webhooks, teed to pywa and to waflow's gateway (gunicorn and Celery workers, on
+  RabbitMQ and PostgreSQL when their URLs are set), are stored as they are today.
 
 pywa addresses ``https://graph.facebook.com/v25.0``; an httpx transport sends those requests to
 the simulator, changing only the URL: the ``Host`` header stays Meta's, as with a proxy.
@@ -15,15 +17,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.server
 import json
 import logging
+import tempfile
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from flask import Flask, request
 from pywa import WhatsApp, errors, types
 from pywa.types.sent_update import SentMediaMessage, SentReaction
@@ -31,8 +37,9 @@ from pywa.types.templates import BodyText, TemplateLanguage
 from werkzeug.serving import make_server
 
 from simulator_support import NUMBER, SECRET, TOKEN, make, clock, serve  # noqa: F401
-from support import free_port, wait_for
+from support import AMQP_URL, PG_URL, Stack, free_port, migrate, wait_for, wipe
 from waflow import config
+from waflow.db import get_engine
 from waflow.simulator.users import business_scoped_id
 
 PDF = b"%PDF-1.4 engagement letter\n" + bytes(range(256)) * 8
@@ -241,28 +248,47 @@ INBOUND = [
 ]
 
 
+@dataclass
+class Fed:
+    """What ``feed_every_kind`` made the simulator post: ids to look for, and how many webhooks."""
+
+    inbound: list[str]  # wamids of the inbound messages, one per INBOUND entry
+    media_ids: list[str]
+    wamids: list[str]  # sends to Siti's number, then to her BSUID: sent, delivered, read each
+    failed: str  # a send that failed (131026), its status with a phone-only contact
+    phone_only: str  # a send whose statuses name the number only (user_ids off)
+    total: int
+
+
+def _send(client: Any, addressee: dict[str, str]) -> str:
+    doc = {"messaging_product": "whatsapp", **addressee, "type": "text", "text": {"body": "Hi"}}
+    answer = client.post(f"/v25.0/{NUMBER}/messages", headers={"Authorization": f"Bearer {TOKEN}"}, json=doc)
+    return answer.get_json()["messages"][0]["id"]
+
+
+def feed_every_kind(client: Any) -> Fed:
+    """Inbound messages of each type from Siti (with her BSUID), then statuses: of sends to her number
+    and to her BSUID, of a failed send, and of a send after user ids were switched off."""
+    inbound, media_ids = [], []
+    for doc in INBOUND:
+        answer = client.post("/_sim/inbound", json={"from": SITI, "name": "Siti", **doc}).get_json()
+        assert answer["gateway_status"] == 200, answer
+        inbound.append(answer["wamid"])
+        if "media_id" in answer:
+            media_ids.append(answer["media_id"])
+    wamids = [_send(client, {"to": f"+{SITI}"}), _send(client, {"recipient": SITI_BSUID})]
+    client.post("/_sim/faults", json={"fail": 131026, "with_contact": True, "details": "Message Undeliverable."})
+    failed = _send(client, {"to": "+15550009999"})
+    client.post("/_sim/config", json={"user_ids": False})
+    phone_only = _send(client, {"to": "+447700900004"})
+    return Fed(inbound, media_ids, wamids, failed, phone_only, len(INBOUND) + 3 * len(wamids) + 1 + 3)
+
+
 def test_pywa_handles_every_webhook_exactly_once_with_its_typed_update_and_logs_no_error(feeding, pywa_receiver,
                                                                                            caplog):
     caplog.set_level(logging.INFO, logger="pywa")
-    media_ids = []
-    for doc in INBOUND:
-        answer = feeding.post("/_sim/inbound", json={"from": SITI, "name": "Siti", **doc}).get_json()
-        assert answer["gateway_status"] == 200, answer
-        media_ids.append(answer.get("media_id"))
-    wamids = [
-        feeding.post("/v25.0/100000000000001/messages", headers={"Authorization": f"Bearer {TOKEN}"},
-                     json={"messaging_product": "whatsapp", **addressee, "type": "text", "text": {"body": "Hi"}}
-                     ).get_json()["messages"][0]["id"]
-        for addressee in ({"to": f"+{SITI}"}, {"recipient": SITI_BSUID})]
-    feeding.post("/_sim/faults", json={"fail": 131026, "with_contact": True, "details": "Message Undeliverable."})
-    failed = feeding.post("/v25.0/100000000000001/messages", headers={"Authorization": f"Bearer {TOKEN}"},
-                          json={"messaging_product": "whatsapp", "to": "+15550009999", "type": "text",
-                                "text": {"body": "Hi"}}).get_json()["messages"][0]["id"]
-    feeding.post("/_sim/config", json={"user_ids": False})
-    phone_only = feeding.post("/v25.0/100000000000001/messages", headers={"Authorization": f"Bearer {TOKEN}"},
-                              json={"messaging_product": "whatsapp", "to": "+447700900004", "type": "text",
-                                    "text": {"body": "Hi"}}).get_json()["messages"][0]["id"]
-    total = len(INBOUND) + 3 * len(wamids) + 1 + 3
+    fed = feed_every_kind(feeding)
+    total, media_ids, wamids, failed, phone_only = fed.total, fed.media_ids, fed.wamids, fed.failed, fed.phone_only
     _settle(pywa_receiver, total)
 
     # Exactly once: one handler call per webhook, for the update that webhook carries.
@@ -276,7 +302,7 @@ def test_pywa_handles_every_webhook_exactly_once_with_its_typed_update_and_logs_
         assert message.from_user.wa_id == SITI and message.from_user.bsuid == SITI_BSUID
         assert message.waba_id == config.DEV_WABA_ID and message.metadata.phone_number_id == NUMBER
     by_media = {m.media.id: m for m in messages if m.has_media}
-    assert set(by_media) == set(filter(None, media_ids))
+    assert set(by_media) == set(media_ids)
     voice = next(m for m in messages if m.audio and m.audio.voice)
     assert voice.audio.mime_type == "audio/ogg; codecs=opus"
     assert {m.sticker.animated for m in messages if m.sticker} == {True, False}
@@ -319,3 +345,103 @@ def test_pywa_4_5_cannot_parse_the_two_documented_shapes_it_predates(feeding, py
     assert pywa_receiver.updates == []
     failures = [r for r in caplog.records if r.name == "pywa.server" and r.levelno == logging.ERROR]
     assert sorted(str(r.exc_info[1]) for r in failures) == ["'contacts'", "'user_id'"]
+
+
+# -- the same webhooks, to pywa and to waflow's gateway ------------------------------------------
+
+
+class Tee:
+    """A webhook URL that posts each webhook on, bytes and signature unchanged, to pywa's receiver and to
+    waflow's gateway; it answers 200 only when both did, so the simulator retries as Meta would."""
+
+    def __init__(self, *urls: str) -> None:
+        self.answers: list[tuple[int, ...]] = []
+        tee = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                headers = {"Content-Type": "application/json",
+                           "X-Hub-Signature-256": self.headers["X-Hub-Signature-256"]}
+                statuses = tuple(httpx.post(url, content=body, headers=headers, timeout=10).status_code
+                                 for url in urls)
+                tee.answers.append(statuses)
+                self.send_response(200 if set(statuses) == {200} else 502)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/webhooks/whatsapp"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    """waflow's inbound spine as deployed (gunicorn, Celery workers) with the simulator's app secret: on
+    RabbitMQ and PostgreSQL when their URLs are set, else on the embedded default."""
+    var_dir = tempfile.mkdtemp(prefix="waflow-sim-pywa-")
+    if PG_URL and AMQP_URL:
+        database_url, broker_url = PG_URL, AMQP_URL
+    else:
+        database_url, broker_url = f"sqlite:///{var_dir}/waflow.db", "embedded://"
+    settings = config.load({"DATABASE_URL": database_url, "CELERY_BROKER_URL": broker_url, "WAFLOW_VAR_DIR": var_dir})
+    migrate(settings.database_url, fresh=True)
+    running = Stack(database_url=database_url, broker_url=broker_url, var_dir=var_dir, secret=SECRET)
+    running.settings = settings
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+def test_the_same_webhooks_reach_pywa_and_waflows_gateway_and_persist(make, pywa_receiver, stack, caplog):
+    caplog.set_level(logging.INFO, logger="pywa")
+    wipe(stack.settings.database_url)
+    tee = Tee(pywa_receiver.url, stack.url)
+    try:
+        client = make(webhook_url=tee.url, clock=time.time, status_webhooks=True, status_delay=0.02,
+                      pair_limit=False).test_client()
+        fed = feed_every_kind(client)
+        _settle(pywa_receiver, fed.total)
+    finally:
+        tee.close()
+    assert tee.answers == [(200, 200)] * fed.total
+    assert Counter(map(_key, pywa_receiver.updates)) == Counter(map(_expected, pywa_receiver.bodies))
+    assert [r for r in caplog.records if r.name.startswith("pywa") and r.levelno >= logging.WARNING] == []
+
+    engine = get_engine(stack.settings.database_url)
+
+    def rows(sql: str) -> list[Any]:
+        with engine.connect() as conn:
+            return conn.execute(sa.text(sql)).all()
+
+    try:
+        wait_for(lambda: len(rows("SELECT id FROM messages")) == len(INBOUND)
+                 and len(rows("SELECT id FROM message_statuses")) == fed.total - len(INBOUND), 60, interval=0.2,
+                 what="every message and status stored")
+    except AssertionError:
+        print(stack.logs())
+        raise
+    stored = {row.wamid: row.type for row in rows("SELECT wamid, type FROM messages WHERE direction = 'inbound'")}
+    assert stored == {wamid: _expected_type(doc) for wamid, doc in zip(fed.inbound, INBOUND)}
+    assert {row.media_id for row in rows("SELECT media_id FROM media")} == set(fed.media_ids)
+    assert [tuple(r) for r in rows(f"SELECT wa_id, user_id FROM contacts WHERE wa_id = '{SITI}'")] == [
+        (SITI, SITI_BSUID)]
+    statuses = rows("SELECT wamid, status, recipient_id, recipient_user_id, error_code FROM message_statuses")
+    assert Counter((r.wamid, r.status) for r in statuses) == Counter(
+        [(w, s) for w in (*fed.wamids, fed.phone_only) for s in ("sent", "delivered", "read")] + [(fed.failed, "failed")])
+    assert {r.recipient_user_id for r in statuses if r.wamid == fed.wamids[1]} == {SITI_BSUID}
+    assert [r.error_code for r in statuses if r.status == "failed"] == [131026]
+    assert rows("SELECT id FROM dead_letters") == []
+
+
+def _expected_type(doc: dict[str, Any]) -> str:
+    return doc["media"]["kind"] if "media" in doc else doc.get("type", "text")
