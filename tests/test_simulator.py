@@ -6,7 +6,9 @@ a real server; one test starts ``python -m waflow.simulator`` under gunicorn.
 """
 from __future__ import annotations
 
+import ast
 import base64
+import graphlib
 import hashlib
 import io
 import json
@@ -715,3 +717,48 @@ def test_brief_stats_count_without_walking_every_record(make):
     brief = client.get("/_sim/stats?brief=1").get_json()
     assert "max_in_any_second" not in brief and brief["accepted"] == 0 and brief["refused_total"] == 0
     assert "max_in_any_second" in client.get("/_sim/stats").get_json()
+
+
+def test_the_new_command_line_options_raise_the_media_cap_and_turn_user_ids_off():
+    options = options_from(parse_args(["--max-media-bytes", str(600 * 2**20), "--no-user-ids"]))
+    assert (options.max_media_bytes, options.user_ids) == (600 * 2**20, False)
+    defaults = options_from(parse_args([]))
+    assert (defaults.max_media_bytes, defaults.user_ids) == (256 * 2**20, True)
+    with pytest.raises(SystemExit):
+        parse_args(["--max-media-bytes", "1000"])
+
+
+# -- structure ----------------------------------------------------------------------------------
+
+
+def _simulator_imports() -> dict[str, set[str]]:
+    """Each module of waflow.simulator → the simulator modules it imports, anywhere in it (a function's
+    import counts); ``from waflow.simulator import x`` counts as importing x if x is a module, else the package."""
+    package = ROOT / "waflow" / "simulator"
+    names = {p.stem for p in package.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name in names:
+        found: set[str] = set()
+        for node in ast.walk(ast.parse((package / f"{name}.py").read_text())):
+            if isinstance(node, ast.Import):
+                found.update(a.name.split(".")[2] if a.name.count(".") >= 2 else "__init__"
+                             for a in node.names if a.name.startswith("waflow.simulator"))
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("waflow.simulator"):
+                if node.module == "waflow.simulator":
+                    found.update(a.name if a.name in names else "__init__" for a in node.names)
+                else:
+                    found.add(node.module.split(".")[2])
+            elif isinstance(node, ast.ImportFrom) and node.level:
+                raise AssertionError(f"{name}: relative imports are not used in waflow.simulator")
+        graph[name] = found - {name}
+    return graph
+
+
+def test_the_simulators_modules_import_each_other_in_one_direction():
+    graph = _simulator_imports()
+    order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
+    assert set(order) == set(graph)
+    # app only assembles: nothing below it imports it, nor the blueprints it assembles.
+    for name, imported in graph.items():
+        if name not in ("__init__", "__main__", "app"):
+            assert not imported & {"app", "graph", "graph_media", "control", "__init__", "__main__"}, name
