@@ -61,7 +61,8 @@ def paths(doc: Any, prefix: str = "") -> dict[str, set[str]]:
     return found
 
 
-def assert_same_shape(ours: Any, theirs: Any, *, extra: set[str] = frozenset(), left_out: set[str] = frozenset()) -> None:
+def assert_same_shape(ours: Any, theirs: Any, *, extra: set[str] = frozenset(),
+                      left_out: set[str] = frozenset()) -> None:
     """``ours`` has exactly ``theirs``' key paths, but for the documented ``extra`` (each one really sent) and
     ``left_out`` (those of them the fixture has), with the same value types."""
     mine, reference = paths(ours), paths(theirs)
@@ -86,6 +87,10 @@ def _inbound(client: Any, receiver: Receiver, **doc: Any) -> dict[str, Any]:
     answer = client.post("/_sim/inbound", json={"from": "972987654321", "name": "Test Name", **doc})
     assert answer.status_code == 200, answer.get_data(as_text=True)
     return _posted(receiver, before + 1)[before]
+
+
+def _status_of(doc: dict[str, Any]) -> str:
+    return doc["entry"][0]["changes"][0]["value"]["statuses"][0]["status"]
 
 
 def _media(kind: str, mime_type: str, **extra: Any) -> dict[str, Any]:
@@ -130,7 +135,7 @@ def test_a_status_webhook_has_metas_shape(live, receiver, case, tracker):
     extra = {"biz_opaque_callback_data": tracker} if tracker else {}
     send(live, text(to="+972987654321", **extra))
     status = "sent" if case == "with_tracker" else case
-    (ours,) = [d for d in _posted(receiver, 3) if d["entry"][0]["changes"][0]["value"]["statuses"][0]["status"] == status]
+    (ours,) = [d for d in _posted(receiver, 3) if _status_of(d) == status]
     priced = status == "sent"
     assert_same_shape(ours, load_case("message_status", case), extra=PRICING_TYPE if priced else set(),
                       left_out=PARENT_USER_ID | CONVERSATION | STATUS_PROFILE | (set() if priced else LATER_PRICING))
@@ -140,13 +145,14 @@ def test_a_status_webhook_for_a_send_to_a_business_scoped_id_names_it(live, rece
     doc = {"messaging_product": "whatsapp", "recipient": "US.13491208655302741918", "type": "text",
            "text": {"body": "Hi"}}
     send(live, doc)
-    ours = next(d for d in _posted(receiver, 3) if d["entry"][0]["changes"][0]["value"]["statuses"][0]["status"] == "read")
+    ours = next(d for d in _posted(receiver, 3) if _status_of(d) == "read")
     # §4.3: recipient_user_id names the BSUID sent to; wa_id and recipient_id are absent for a user the simulator
     # never saw (one using a username would have neither).
     assert_same_shape(ours, load_case("message_status", "read"),
                       extra={"entry[].changes[].value.statuses[].recipient_user_id"},
                       left_out=PARENT_USER_ID | CONVERSATION | STATUS_PROFILE | LATER_PRICING | {
-                          "entry[].changes[].value.contacts[].wa_id", "entry[].changes[].value.statuses[].recipient_id"})
+                          "entry[].changes[].value.contacts[].wa_id",
+                          "entry[].changes[].value.statuses[].recipient_id"})
 
 
 def test_a_failed_status_webhook_has_metas_shape_without_contacts(live, receiver):

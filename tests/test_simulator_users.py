@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from simulator_support import (NUMBER, Receiver, assert_meta_error, make, clock, receiver, send,  # noqa: F401
-                               text)
+from simulator_support import Receiver, clock, make, receiver, send, text  # noqa: F401
 from support import wait_for
 from waflow import config
 from waflow.simulator import SimulatorOptions

@@ -122,7 +122,8 @@ class TemplateRegistry:
         return template
 
 
-def listing(templates: list[Template], args: Mapping[str, str], link: Callable[[dict[str, str]], str]) -> dict[str, Any]:
+def listing(templates: list[Template], args: Mapping[str, str],
+            link: Callable[[dict[str, str]], str]) -> dict[str, Any]:
     """One page of the template list for a request's query ``args``; ``link`` makes a page's URL
     from its query. MetaError 100 for a bad ``limit`` or cursor."""
     matching = [t for t in templates if _matches(t, args)]

@@ -3,7 +3,9 @@
 Shapes follow Meta's (reference §4, held key by key against pywa's fixtures in
 ``tests/test_simulator_shapes.py``): ``entry[].id`` is the WABA id; ``value.contacts`` names the user
 (``wa_id`` and, since April 2026, ``user_id``) in every message and status webhook except a
-``failed`` status, which Meta sends without it. Every body is compact JSON signed as Meta signs it (``X-Hub-Signature-256``, HMAC-SHA256 of the
+``failed`` status, which Meta sends without it.
+
+Every body is compact JSON signed as Meta signs it (``X-Hub-Signature-256``, HMAC-SHA256 of the
 raw bytes with the app secret). Status posts never happen on a request thread: a scheduler thread
 keeps a heap of due posts and hands them to a small thread pool; a non-200 answer or a network
 error is retried with doubling backoff, as Meta does (a few attempts, each failure logged).
