@@ -171,6 +171,19 @@ def test_an_injected_media_message_can_ask_for_generated_bytes_of_a_size(make, r
     assert len(data) == 3 * MB and _b64sha(data) == _info(client, answer["media_id"])["sha256"]
 
 
+def test_an_injected_media_message_can_send_a_media_id_the_simulator_holds_again(make, receiver):
+    client = make(webhook_url=receiver.url).test_client()
+    first = _inject(client)
+    again = client.post("/_sim/inbound", json={"from": "15551234567", "text": "Did you get it?",
+                                               "media": {"kind": "document", "id": first, "filename": "poa.pdf"}})
+    assert again.status_code == 200 and again.get_json()["media_id"] == first
+    objects = [d["entry"][0]["changes"][0]["value"]["messages"][0]["document"] for d in receiver.docs()]
+    assert objects[1]["id"] == objects[0]["id"] and objects[1]["sha256"] == objects[0]["sha256"]
+    assert objects[1]["mime_type"] == "application/pdf" and objects[1]["caption"] == "Did you get it?"
+    gone = client.post("/_sim/inbound", json={"from": "15551234567", "media": {"kind": "document", "id": "123"}})
+    assert gone.status_code == 400 and "123" in gone.get_json()["error"]
+
+
 @pytest.mark.parametrize("media,extra", [
     ({"kind": "gif", "mime_type": "image/gif", "size": 10}, {}),
     ({"kind": "image", "mime_type": "jpeg", "size": 10}, {}),
@@ -185,6 +198,8 @@ def test_an_injected_media_message_can_ask_for_generated_bytes_of_a_size(make, r
     ({"kind": "sticker", "mime_type": "image/webp", "size": 10}, {"text": "a caption"}),
     ({"kind": "image", "mime_type": "image/jpeg", "size": 10}, {"type": "video"}),
     ({"kind": "image", "mime_type": "image/jpeg", "size": 10, "colour": "red"}, {}),
+    ({"kind": "image", "id": "123", "size": 10}, {}),
+    ({"kind": "image", "id": 123}, {}),
     ("a string", {}),
 ])
 def test_it_refuses_a_malformed_media_injection(make, receiver, media, extra):

@@ -22,7 +22,8 @@ only, which is why the server binds 127.0.0.1 by default. Never expose the simul
   /_sim/config`` (runtime options); ``POST /_sim/windows``; ``GET|POST /_sim/templates``.
 - ``POST /_sim/inbound``: one client message now (``inbound``): text, a generated image, or
   ``"media": {"kind", "mime_type", "data_base64" | "size", "filename"?, "voice"?, "animated"?}``,
-  whose webhook carries a media id the simulator serves (7 days, as Meta).
+  whose webhook carries a media id the simulator serves (7 days, as Meta), or ``"media": {"kind",
+  "id"}`` to send a media id it holds again.
 - ``GET|POST|DELETE /_sim/faults``: forced outcomes of sends (``faults``): ``{"code": 131000}``,
   ``{"status": 502}``, ``{"drop": true}``, ``{"delay": 2.5}``, or ``{"fail": 131026, "details"?,
   "with_contact"?: true}`` (accepted, then one failed status webhook); ``to``, ``on`` ("send" or

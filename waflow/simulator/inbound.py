@@ -10,7 +10,8 @@ Body: ``{"from": "<wa_id>", "text"?: "...", "name"?: "...", "phone_number_id"?: 
   "data_base64": "..." | "size": <bytes>, "filename"? (document), "voice"? (audio),
   "animated"? (sticker)}``; ``size`` makes that many random bytes. Any MIME type is taken, as
   a user may send any file, up to Meta's inbound cap of 100 MB; ``text`` is the caption (not for
-  audio or stickers).
+  audio or stickers). ``"id": "<media id>"`` instead of the bytes (and of ``mime_type``) sends a
+  media id the simulator already holds again, as when a webhook names the same file twice.
 """
 from __future__ import annotations
 
@@ -31,11 +32,12 @@ CAPTIONED = ("image", "video", "document")
 @dataclass(frozen=True)
 class InboundMedia:
     kind: str
-    mime_type: str
-    data: bytes
+    mime_type: str | None  # None with reuse: the stored media's
+    data: bytes | None  # None with reuse
     filename: str | None = None
     voice: bool = False
     animated: bool = False
+    reuse: str | None = None  # a media id the simulator holds, sent again
 
 
 @dataclass(frozen=True)
@@ -84,15 +86,18 @@ def parse_inbound(doc: Any, default_number: str) -> Inbound:
 def _media(doc: Any) -> InboundMedia:
     if not isinstance(doc, dict):
         raise ValueError("media must be a JSON object")
-    unknown = set(doc) - {"kind", "mime_type", "data_base64", "size", "filename", "voice", "animated"}
+    unknown = set(doc) - {"kind", "mime_type", "data_base64", "size", "id", "filename", "voice", "animated"}
     if unknown:
         raise ValueError(f"unknown media fields: {', '.join(sorted(unknown))}")
-    kind, mime_type = doc.get("kind"), doc.get("mime_type")
+    kind, mime_type, reuse = doc.get("kind"), doc.get("mime_type"), doc.get("id")
     if kind not in KINDS:
         raise ValueError(f"media.kind must be one of {', '.join(KINDS)}")
-    if not isinstance(mime_type, str) or not MIME.fullmatch(mime_type):
+    if reuse is not None:
+        if not (isinstance(reuse, str) and reuse.isdigit()) or {"data_base64", "size", "mime_type"} & set(doc):
+            raise ValueError("media.id (a media id's digits) goes without data_base64, size and mime_type")
+    elif not isinstance(mime_type, str) or not MIME.fullmatch(mime_type):
         raise ValueError("media.mime_type must be a MIME type such as application/pdf")
-    data = _bytes(doc)
+    data = None if reuse is not None else _bytes(doc)
     filename, voice, animated = doc.get("filename"), doc.get("voice", False), doc.get("animated", False)
     if filename is not None and (kind != "document" or not isinstance(filename, str) or not 1 <= len(filename) <= 240):
         raise ValueError("media.filename (1 to 240 characters) goes with a document only")
@@ -100,7 +105,7 @@ def _media(doc: Any) -> InboundMedia:
         raise ValueError("media.voice (true or false) goes with audio only")
     if not isinstance(animated, bool) or (animated and kind != "sticker"):
         raise ValueError("media.animated (true or false) goes with a sticker only")
-    return InboundMedia(kind, mime_type, data, filename, voice, animated)
+    return InboundMedia(kind, mime_type, data, filename, voice, animated, reuse)
 
 
 def _bytes(doc: dict[str, Any]) -> bytes:

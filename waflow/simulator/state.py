@@ -17,9 +17,9 @@ import requests
 from flask import current_app
 
 from waflow.simulator.faults import Fault, FaultQueue
-from waflow.simulator.inbound import media_object, parse_inbound
+from waflow.simulator.inbound import InboundMedia, media_object, parse_inbound
 from waflow.simulator.ledger import Ledger, Send
-from waflow.simulator.media import INBOUND_TTL, MediaStore
+from waflow.simulator.media import INBOUND_TTL, Media, MediaStore
 from waflow.simulator.media_faults import MediaFaultQueue
 from waflow.simulator.options import RUNTIME_FIELDS, SimulatorOptions
 from waflow.simulator.templates import TemplateRegistry
@@ -164,7 +164,7 @@ class Simulator:
             user_id = self.users.user_id_for(inbound.wa_id)
         wamid, result = new_wamid(), {"user_id": user_id}
         if inbound.media is not None:
-            stored = self.media.put(inbound.media.data, inbound.media.mime_type, INBOUND_TTL)
+            stored = self._stored(inbound.media)
             content = media_object(inbound.media, stored, self.media.url_for(stored, self.options.base_url),
                                    inbound.text)
             result["media_id"] = stored.id
@@ -179,6 +179,15 @@ class Simulator:
         for key in filter(None, (inbound.wa_id, user_id)):
             self.ledger.customer_wrote(key)
         return self._deliver_inbound(body, wamid, result)
+
+    def _stored(self, media: InboundMedia) -> Media:
+        """The media an inbound message carries: new bytes stored for 7 days, or a live id sent again."""
+        if media.reuse is None:
+            return self.media.put(media.data, media.mime_type, INBOUND_TTL)
+        stored = self.media.get(media.reuse)
+        if stored is None:
+            raise ValueError(f"media.id {media.reuse} is no media the simulator holds")
+        return stored
 
     def _deliver_inbound(self, body: bytes, wamid: str, result: dict[str, Any]) -> tuple[dict[str, Any], int]:
         try:
