@@ -348,6 +348,7 @@ def test_under_gunicorn_a_download_can_stream_over_100_mb_in_constant_memory_or_
                 response.content
     finally:
         sim.stop()
+    assert TOKEN not in sim.log.read_text()
 
 
 def _gunicorn_worker(master: int) -> int:
