@@ -19,6 +19,7 @@ from gunicorn.app.base import BaseApplication
 from waflow import config
 from waflow.simulator.app import create_simulator
 from waflow.simulator.options import SimulatorOptions
+from waflow.simulator.state import EXTENSION
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,6 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--demo-traffic", type=float, default=0.0, metavar="PER_MINUTE",
         help="inject this many inbound messages a minute from made-up clients")
     add("--max-records", type=int, default=200_000, help="accepted sends kept in memory (default: %(default)s)")
+    add("--max-media-bytes", type=int, default=SimulatorOptions.max_media_bytes, metavar="BYTES",
+        help="media kept in memory, oldest forgotten first (default: %(default)s; raise it for large files)")
+    add("--no-user-ids", action="store_true",
+        help="phone-only contacts in webhooks (no business-scoped user_id), as before April 2026")
     # gunicorn's gthread gives each new connection a thread until its first request arrives (up to
     # 5 s), and each sender process opens one connection per thread before its first send: with 32
     # threads here, 4 senders of 32 threads held them all with idle connections, and sends stalled.
@@ -51,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.rate <= 100_000:
         parser.error("--rate must be 1 to 100000")
+    if args.max_media_bytes < 2**20:
+        parser.error("--max-media-bytes must be at least 1048576 (1 MiB)")
     if not config.is_local_host(args.host):
         # /_sim/inbound signs whatever it is given with the app secret: reachable from elsewhere, it
         # would let anyone forge a client's message.
@@ -67,7 +74,7 @@ def options_from(args: argparse.Namespace) -> SimulatorOptions:
         pair_burst=args.pair_burst, pair_interval=args.pair_interval, open_windows=args.open_windows,
         status_webhooks=not args.no_status_webhooks, status_delay=args.status_delay, late=args.late,
         reorder=args.reorder, duplicate=args.duplicate, demo_traffic=args.demo_traffic,
-        max_records=args.max_records)
+        max_records=args.max_records, max_media_bytes=args.max_media_bytes, user_ids=not args.no_user_ids)
 
 
 class SimulatorServer(BaseApplication):
@@ -104,7 +111,7 @@ class SimulatorServer(BaseApplication):
 def _close_simulator(server: Any, worker: Any) -> None:
     app = getattr(worker, "wsgi", None)
     if app is not None:
-        app.extensions["waflow.simulator"].close()
+        app.extensions[EXTENSION].close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,10 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from waflow.simulator.faults import Fault
-from waflow.simulator.app import current_simulator as _sim, json_response
+from waflow.simulator.httpkit import json_response
+from waflow.simulator.media import INBOUND_MAX
+from waflow.simulator.media_faults import MediaFault
+from waflow.simulator.state import current_simulator as _sim
 from waflow.simulator.templates import PLACEHOLDER, Template
 
 bp = Blueprint("simulator_control", __name__, url_prefix="/_sim")
@@ -65,6 +68,7 @@ def stats() -> Response:
     doc = sim.ledger.stats(brief=request.args.get("brief") in ("1", "true"))
     doc["webhooks"] = {**sim.poster.counts, "pending": sim.poster.pending()}
     doc["faults"] = {"pending": sum(f.count for f in sim.faults.pending()), "used": sim.faults.used}
+    doc["media_faults"] = {"pending": len(sim.media_faults.pending()), "used": sim.media_faults.used}
     doc["clock"] = "unix seconds (time.time()) unless a test injected another clock"
     return json_response(doc)
 
@@ -106,15 +110,19 @@ def windows() -> Response:
     return json_response({"recipient": key, "open": doc.get("open", True)})
 
 
+def _items() -> list[Any]:
+    """The objects of a POST: one object, or {"faults": [...]}."""
+    doc = _body()
+    return (doc.get("faults") if isinstance(doc, dict) and "faults" in doc else [doc]) or []
+
+
 @bp.route("/faults", methods=["GET", "POST", "DELETE"])
 def faults() -> Response:
-    """Queue forced outcomes (one object or {"faults": [...]}), list them, or clear them."""
+    """Queue forced outcomes of sends (one object or {"faults": [...]}), list them, or clear them."""
     queue = _sim().faults
     if request.method == "POST":
-        doc = _body()
-        items = doc.get("faults") if isinstance(doc, dict) and "faults" in doc else [doc]
         try:
-            parsed = [Fault.parse(item) for item in items or []]
+            parsed = [Fault.parse(item) for item in _items()]
         except (TypeError, ValueError) as exc:
             return _bad(str(exc))
         if not parsed:
@@ -125,16 +133,46 @@ def faults() -> Response:
     return json_response({"faults": [f.as_json() for f in queue.pending()]})
 
 
+@bp.route("/media/faults", methods=["GET", "POST", "DELETE"])
+def media_faults() -> Response:
+    """Queue forced outcomes of media look-ups and downloads (shapes: ``media_faults``), list, clear.
+
+    ``expired`` is not queued: it ends the media id's life at once (unknown id: 400).
+    """
+    sim = _sim()
+    if request.method == "POST":
+        try:
+            parsed = [MediaFault.parse(item) for item in _items()]
+        except (TypeError, ValueError) as exc:
+            return _bad(str(exc))
+        if not parsed:
+            return _bad("no media fault given")
+        unknown = [f.media_id for f in parsed if f.expired and sim.media.get(f.media_id) is None]
+        if unknown:
+            return _bad(f"no live media with id {unknown[0]} to expire")
+        for fault in parsed:
+            if fault.expired:
+                sim.media.expire(fault.media_id)
+        sim.media_faults.add([f for f in parsed if not f.expired])
+    elif request.method == "DELETE":
+        sim.media_faults.clear()
+    return json_response({"faults": [f.as_json() for f in sim.media_faults.pending()]})
+
+
 @bp.route("/templates", methods=["GET", "POST"])
 def templates() -> Response:
-    """List the templates, or add one: {"name", "language" (en_US), "category" (UTILITY), "body"}."""
+    """List the templates, or add one: {"name", "language" (en_US), "category" (UTILITY), "body",
+    "examples"?: one value per placeholder, in order}."""
     registry = _sim().templates
     if request.method == "POST":
         doc = _body()
         if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) and doc[k] for k in ("name", "body")):
             return _bad('send {"name": "...", "body": "text with {{1}} placeholders", "language": "en_US"}')
+        examples = doc.get("examples", [])
+        if not isinstance(examples, list) or not all(isinstance(e, str) and e for e in examples):
+            return _bad("examples must be a list of non-empty strings, one per placeholder")
         template = Template(doc["name"], str(doc.get("language") or "en_US"),
-                            str(doc.get("category") or "UTILITY").upper(), doc["body"])
+                            str(doc.get("category") or "UTILITY").upper(), doc["body"], tuple(examples))
         registry.add(template)
         return json_response({**template.as_meta(), "parameter_count": template.parameter_count}, 201)
     return json_response({"data": [t.as_meta() for t in registry.find()], "placeholder": PLACEHOLDER.pattern})
@@ -144,10 +182,12 @@ def templates() -> Response:
 def inbound() -> Response:
     """Post a signed inbound message webhook to the gateway now; it opens the sender's 24-hour window.
 
-    Body: {"from": "<wa_id>", "text": "...", "name"?: "...", "type"?: "text" | "image",
-    "user_id"?: "<BSUID>", "phone_number_id"?: "..."}. Answer: {"wamid", "gateway_status",
-    "retrying", "media_id"? (images), "error"? (gateway unreachable: HTTP 502)}.
+    Body: see ``inbound`` (text, a generated image, or media with given bytes and MIME type).
+    Answer: {"wamid", "user_id", "gateway_status", "retrying", "media_id"? (media),
+    "error"? (gateway unreachable: HTTP 502)}.
     """
+    # A file of up to Meta's inbound cap (100 MB), base64 in JSON: a third more, and the envelope.
+    request.max_content_length = INBOUND_MAX * 4 // 3 + 2**20
     try:
         result, status = _sim().inject(_body())
     except ValueError as exc:

@@ -2,8 +2,14 @@
 
 A fault is one of: an error ``code`` (Meta's body, with the code's HTTP status or an explicit
 ``status``), a body-less HTTP ``status`` (e.g. a proxy's 502), ``drop`` (close the connection
-without an answer), or only a ``delay`` (answer normally, late: the send is accepted and recorded,
-which is what makes a client's read timeout ambiguous). ``delay`` also combines with the others.
+without an answer), ``fail`` (accept the send, then post one ``failed`` status webhook carrying
+this error code and ``details`` instead of sent → delivered → read: Meta's asynchronous failure,
+e.g. 131026 for a number not on WhatsApp), or only a ``delay`` (answer normally, late: the send is
+accepted and recorded, which is what makes a client's read timeout ambiguous). ``delay`` also
+combines with the others. A failed status has no ``contacts``, as Meta documents (reference §4.3);
+``"with_contact": true`` adds a phone-only contact, the shape seen in live traffic in 2026 (a
+failed status with ``contacts: [{"wa_id"}]``, reported to pywa as issue #227) and the only one
+pywa 4.5.0 can parse.
 A fault applies to message sends (``"on": "send"``, the default) or to mark-as-read requests
 (``"on": "read"``), optionally only for one recipient (``to``), ``count`` times.
 """
@@ -22,6 +28,8 @@ class Fault:
     details: str | None = None
     delay: float = 0.0
     drop: bool = False
+    fail: int | None = None
+    with_contact: bool = False
     to: str | None = None
     on: str = "send"
     count: int = 1
@@ -41,10 +49,17 @@ class Fault:
         return fault
 
     def _validate(self) -> None:
-        if self.code is None and self.status is None and not self.drop and not self.delay:
-            raise ValueError("a fault needs a code, a status, drop or a delay")
-        if self.code is not None and (not isinstance(self.code, int) or isinstance(self.code, bool)):
-            raise ValueError("code must be a whole number")
+        if self.code is None and self.status is None and not self.drop and not self.delay and self.fail is None:
+            raise ValueError("a fault needs a code, a status, drop, fail or a delay")
+        for name in ("code", "fail"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(f"{name} must be a whole number")
+        if self.fail is not None and (self.code is not None or self.status is not None or self.drop
+                                      or self.on != "send"):
+            raise ValueError("fail accepts the send: it goes with no code, status or drop, on sends only")
+        if not isinstance(self.with_contact, bool) or (self.with_contact and self.fail is None):
+            raise ValueError("with_contact (true or false) goes with fail")
         if self.status is not None and not (isinstance(self.status, int) and 200 <= self.status <= 599):
             raise ValueError("status must be an HTTP status (200-599)")
         if not isinstance(self.delay, (int, float)) or not 0 <= self.delay <= 300:

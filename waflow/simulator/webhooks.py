@@ -1,5 +1,10 @@
 """Webhooks the simulator posts to the gateway: status updates, inbound messages, demo traffic.
 
+Shapes follow Meta's (reference §4, held key by key against pywa's fixtures in
+``tests/test_simulator_shapes.py``): ``entry[].id`` is the WABA id; ``value.contacts`` names the user
+(``wa_id`` and, since April 2026, ``user_id``) in every message and status webhook except a
+``failed`` status, which Meta sends without it.
+
 Every body is compact JSON signed as Meta signs it (``X-Hub-Signature-256``, HMAC-SHA256 of the
 raw bytes with the app secret). Status posts never happen on a request thread: a scheduler thread
 keeps a heap of due posts and hands them to a small thread pool; a non-200 answer or a network
@@ -21,6 +26,7 @@ from typing import Any, Callable
 import requests
 
 from waflow.gateway import SIGNATURE_HEADER, signature_for
+from waflow.simulator.errors import TITLES
 
 logger = logging.getLogger(__name__)
 
@@ -137,9 +143,33 @@ class WebhookPoster:
                            self.url, outcome, attempt)
 
 
+ERROR_CODES_URL = "https://developers.facebook.com/documentation/business-messaging/whatsapp/support/error-codes/"
+
+
+def contact(*, wa_id: str | None, user_id: str | None, name: str | None = None) -> dict[str, Any]:
+    """One ``contacts[]`` item: the profile name (inbound messages only), the number, the BSUID."""
+    card: dict[str, Any] = {}
+    if name is not None:
+        card["profile"] = {"name": name}
+    if wa_id is not None:
+        card["wa_id"] = wa_id
+    if user_id is not None:
+        card["user_id"] = user_id
+    return card
+
+
+def webhook_error(code: int, details: str) -> dict[str, Any]:
+    """One ``errors[]`` item of a webhook, as a failed status carries it (§4.2)."""
+    title = TITLES.get(code, "Simulated error")
+    return {"code": code, "title": title, "message": title, "error_data": {"details": details},
+            "href": ERROR_CODES_URL}
+
+
 def status_update(*, wamid: str, status: str, timestamp: int, to: str | None, recipient: str | None,
-                  biz_opaque_callback_data: str | None, category: str | None) -> dict[str, Any]:
-    """One ``statuses[]`` item; ``category`` is the template's, None for a free-form (service) message."""
+                  biz_opaque_callback_data: str | None, category: str | None,
+                  error: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One ``statuses[]`` item; ``category`` is the template's, None for a free-form (service) message;
+    ``error`` (a ``webhook_error``) goes with a ``failed`` status."""
     update: dict[str, Any] = {"id": wamid, "status": status, "timestamp": str(timestamp)}
     if to is not None:
         update["recipient_id"] = "".join(c for c in to if c.isdigit())
@@ -153,6 +183,8 @@ def status_update(*, wamid: str, status: str, timestamp: int, to: str | None, re
                               "category": category.lower()} if category else
                              {"billable": False, "pricing_model": "PMP", "type": "free_customer_service",
                               "category": "service"})
+    if error is not None:
+        update["errors"] = [error]
     return update
 
 
