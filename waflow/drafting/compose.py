@@ -15,13 +15,16 @@ from waflow.drafting.templates import Templates
 def compose(templates: Templates, language: str, *, answers: Sequence[str], first_contact: bool,
             contact_name: str | None, media_kinds: Sequence[str | None], urgent: bool,
             missing: Sequence[str], body: str | None = None) -> str:
-    """The full draft. ``body`` (the chat model's reply) replaces the answers and holding text when given."""
+    """The full draft. With ``body`` (the chat model's reply, which greets, acknowledges attachments and asks
+    the intake questions itself) the draft is the acknowledgement, the body and the closing."""
     def t(key: str, **values: str) -> str:
         return templates.text(key, language, **values)
 
     parts = []
     if first_contact:
         parts.append(t("acknowledgement"))
+    if body is not None:
+        return "\n\n".join([*parts, body.strip(), t("closing")])
     name = (contact_name or "").strip()
     opening = [t("greeting", name=name) if name else t("greeting_anonymous")]
     for kind in dict.fromkeys(media_kinds):  # one line per kind, in the order received
@@ -29,9 +32,7 @@ def compose(templates: Templates, language: str, *, answers: Sequence[str], firs
     if urgent:
         opening.append(t("urgent"))
     parts.append("\n".join(opening))
-    if body is not None:
-        parts.append(body.strip())
-    elif answers:
+    if answers:
         parts.extend(answers)
     else:
         parts.append(t("holding"))

@@ -16,6 +16,8 @@ from waflow.drafting.types import LANGUAGES
 INTAKE_FIELDS = ("name", "matter", "facts", "deadline")
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{1,63}$")
 _FENCE = "---"
+# libyaml's safe loader where PyYAML was built with it (the wheels are): the same rules, ten times faster.
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SECTION = re.compile(r"^##\s+(\w+)\s*$")
 
 
@@ -73,12 +75,14 @@ def _split(text: str) -> tuple[str, int, list[str], int]:
 
 def _front_matter(front: str, first_line: int) -> tuple[dict[str, Any], dict[str, int]]:
     try:
-        node = yaml.compose(front, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(front)
+        node = yaml.compose(front, Loader=LOADER)
+        data = yaml.load(front, Loader=LOADER)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = first_line + (mark.line if mark else 0)
-        raise _Invalid(line, f"YAML error: {exc.problem or exc.context}") from None
+        opened = exc.context_mark.line + first_line if exc.context_mark else line
+        where = f" ({exc.context} on line {opened})" if exc.context and opened != line else ""
+        raise _Invalid(line, f"YAML error: {exc.problem or exc.context}{where}") from None
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
         raise _Invalid(first_line, "the front matter must be a YAML mapping of keys to values")
     key_lines = {key.value: first_line + key.start_mark.line for key, _ in node.value}

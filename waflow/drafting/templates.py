@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from waflow.drafting.entries import INTAKE_FIELDS, KnowledgeError
+from waflow.drafting.entries import INTAKE_FIELDS, LOADER, KnowledgeError
 from waflow.drafting.types import LANGUAGES
 
 FILE_NAME = "_templates.yaml"
@@ -68,8 +68,8 @@ def _read(path: Path, errors: list[KnowledgeError]) -> tuple[dict[str, Any], dic
                                      "the shipped sample's templates are used"))
         return {}, {}
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=LOADER)
+        data = yaml.load(text, Loader=LOADER)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         errors.append(KnowledgeError(path.name, (mark.line + 1) if mark else 1,
