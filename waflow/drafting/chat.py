@@ -52,11 +52,13 @@ class ChatDrafter:
     def __init__(self, offline: OfflineDrafter, *, url: str, model: str, api_key: str, timeout: float,
                  retries: int = RETRIES, backoff: float = BACKOFF) -> None:
         self.offline = offline
+        self.knowledge_base = offline.knowledge_base
         self.endpoint = url.rstrip("/") + "/chat/completions"
         self.model = model
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        # One session per drafter: its connections are reused between drafts (urllib3's pool is thread-safe).
         self.session = requests.Session()
         self.session.headers.update({"Authorization": f"Bearer {api_key}"})
 

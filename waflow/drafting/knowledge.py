@@ -37,7 +37,10 @@ class Knowledge:
     version: int
 
     def entry(self, entry_id: str) -> Entry:
-        return next(e for e in self.entries if e.id == entry_id)
+        for entry in self.entries:
+            if entry.id == entry_id:
+                return entry
+        raise KeyError(entry_id)
 
 
 def signature(directory: Path) -> Signature:

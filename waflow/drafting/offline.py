@@ -81,6 +81,8 @@ class OfflineDrafter:
         best = retrieved[0].score if retrieved else 0.0
         media = tuple(m.media_kind or m.type for m in request.messages if m.media_kind or m.type in MEDIA_TYPES)
         flags = {"low_confidence"} if confidence(best) < LOW_CONFIDENCE else set()
+        # Urgency is read from the messages being answered only: an arrest the history mentions may be long
+        # settled, and the lawyer sees the history anyway.
         if is_urgent(current):
             flags.add("urgent")
         if request.first_contact:
