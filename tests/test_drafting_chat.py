@@ -47,8 +47,8 @@ def test_it_drafts_with_the_model_and_records_how(offline, server):
 
 
 def test_it_sends_the_versioned_prompt_the_retrieved_entries_and_the_conversation(offline, server):
-    chat(offline, server).draft(ask("sy mau gugat cerai suami gmn caranya",
-                                    history=(("client", "selamat pagi"), ("firm", "Selamat pagi, ada yang bisa dibantu?"))))
+    history = (("client", "selamat pagi"), ("firm", "Selamat pagi, ada yang bisa dibantu?"))
+    chat(offline, server).draft(ask("sy mau gugat cerai suami gmn caranya", history=history))
     request = server.received[0]
     assert request.path == "/v1/chat/completions"
     assert request.headers["Authorization"] == f"Bearer {KEY}"
@@ -96,7 +96,8 @@ def test_it_retries_a_server_error_and_uses_the_answer_that_follows(offline, ser
 
 @pytest.mark.parametrize("replies, reason, requests", [
     ([Reply(status=500)] * 3, "http_500: the model server failed (3 attempts)", 3),
-    ([Reply(status=429, headers={"Retry-After": "0"})] * 3, "http_429: the model server is rate limiting (3 attempts)", 3),
+    ([Reply(status=429, headers={"Retry-After": "0"})] * 3,
+     "http_429: the model server is rate limiting (3 attempts)", 3),
     ([Reply(status=401, body={"error": {"message": "bad key"}})], "http_401: the model server refused the API key", 1),
     ([Reply(status=400)], "http_400: the model server rejected the request", 1),
     ([Reply(body=b"<html>gateway</html>")], "malformed: the answer is not JSON", 1),

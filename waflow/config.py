@@ -309,7 +309,8 @@ def _drafting_settings(env: Mapping[str, str], production: bool) -> dict[str, ob
         "draft_llm_url": url,
         "draft_llm_model": model,
         # Checked by the drafter process only (make_drafter, require()), and only when DRAFTER=chat.
-        "draft_llm_api_key": env.get("DRAFT_LLM_API_KEY") or ("" if production else SECRET["DRAFT_LLM_API_KEY"].stand_in),
+        "draft_llm_api_key": env.get("DRAFT_LLM_API_KEY")
+        or ("" if production else SECRET["DRAFT_LLM_API_KEY"].stand_in),
         # A draft is not urgent to the second; 20 s lets a busy model answer, the offline draft follows if not.
         "draft_llm_timeout": _float(env, "DRAFT_LLM_TIMEOUT", 20.0, 1.0, 300.0),
         "draft_llm_send_client_text": send_client_text,

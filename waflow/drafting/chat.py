@@ -121,7 +121,8 @@ class ChatDrafter:
             except ValueError:
                 raise ChatFailure("malformed", "the answer is not JSON") from None
         raise ChatFailure(f"http_{status}", _STATUS_TEXT.get(status, "the model server refused the request"),
-                          retryable=status == 429 or status >= 500, retry_after=_seconds(response.headers.get("Retry-After")))
+                          retryable=status == 429 or status >= 500,
+                          retry_after=_seconds(response.headers.get("Retry-After")))
 
     def _fallback(self, request: DraftInput, failure: ChatFailure, started: float) -> Draft:
         logger.warning("draft: conversation=%s chat drafter failed (%s); the offline draft stands in",
