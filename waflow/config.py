@@ -87,6 +87,9 @@ SECRETS: tuple[Secret, ...] = (
            meaning="the Bearer token every send to Meta carries"),
     Secret("FLOWER_BASIC_AUTH", "admin:admin", min_length=16, used_by="flower", pairs=True,
            meaning="the list of Flower's users (Flower shows every worker, queue and task)"),
+    # Checked by the drafter process (waflow.drafting.make_drafter), and only when DRAFTER=chat.
+    Secret("DRAFT_LLM_API_KEY", "waflow-dev-llm-key", min_length=16, used_by="drafter",
+           meaning="the Bearer key of the chat-completions model that drafts replies"),
 )
 SECRET = {s.variable: s for s in SECRETS}
 
@@ -104,6 +107,8 @@ VARIABLES = (
     "REDIS_URL",
     "SIMULATOR_PORT", "SIMULATOR_WEBHOOK_URL",
     "WAFLOW_QUEUE_TYPE", "WAFLOW_DEAD_LETTER_RETENTION_DAYS",
+    "DRAFTER", "DRAFT_LLM_URL", "DRAFT_LLM_MODEL", "DRAFT_LLM_API_KEY", "DRAFT_LLM_TIMEOUT",
+    "DRAFT_LLM_SEND_CLIENT_TEXT", "WAFLOW_KNOWLEDGE_DIR",
 )
 QUEUE_TYPES = ("classic", "quorum")
 
@@ -184,6 +189,14 @@ class Settings:
     simulator_webhook_url: str
     queue_type: str
     dead_letter_retention_days: int
+    # The AI reply drafter (waflow/drafting/, _drafting_settings below).
+    drafter: str
+    draft_llm_url: str
+    draft_llm_model: str
+    draft_llm_api_key: str = field(repr=False)
+    draft_llm_timeout: float
+    draft_llm_send_client_text: bool
+    knowledge_dir: Path
 
     @property
     def production(self) -> bool:
@@ -256,6 +269,56 @@ def _check_fail_closed(env: Mapping[str, str], urls: Mapping[str, str]) -> None:
                 "deployment, or WAFLOW_ENV=development to use a remote service from a development machine")
 
 
+DRAFTERS = ("offline", "chat")
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    if raw not in ("true", "false"):
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    return raw == "true"
+
+
+def _drafting_settings(env: Mapping[str, str], production: bool) -> dict[str, object]:
+    """The drafter's settings. The chat drafter sends client text to another party's model, so it runs only
+    where the firm said so: in production always with DRAFT_LLM_SEND_CLIENT_TEXT=true, and elsewhere as soon
+    as the model is not on this machine (a deployment that forgot WAFLOW_ENV must not leak either)."""
+    drafter = env.get("DRAFTER") or "offline"
+    if drafter not in DRAFTERS:
+        raise ConfigError(f"DRAFTER must be one of {', '.join(DRAFTERS)}, got {drafter!r}")
+    url = (env.get("DRAFT_LLM_URL") or "").rstrip("/")
+    model = env.get("DRAFT_LLM_MODEL") or ""
+    send_client_text = _bool(env, "DRAFT_LLM_SEND_CLIENT_TEXT", False)
+    if drafter == "chat":
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError("DRAFT_LLM_URL must be the model server's http(s) base URL when DRAFTER=chat")
+        if not model.strip():
+            raise ConfigError("DRAFT_LLM_MODEL is not set; DRAFTER=chat needs the model's name")
+        local = is_local_host(_host(url))
+        if (production or not local) and not send_client_text:
+            raise ConfigError(
+                "DRAFTER=chat sends client messages to the model at DRAFT_LLM_URL, which "
+                + ("production" if production else "a model off this machine")
+                + " refuses unless DRAFT_LLM_SEND_CLIENT_TEXT=true records that the firm chose it")
+        if production and not (url.startswith("https://") or local):
+            raise ConfigError("DRAFT_LLM_URL must use https in production (or be on this machine)")
+    return {
+        "drafter": drafter,
+        "draft_llm_url": url,
+        "draft_llm_model": model,
+        # Checked by the drafter process only (make_drafter, require()), and only when DRAFTER=chat.
+        "draft_llm_api_key": env.get("DRAFT_LLM_API_KEY")
+        or ("" if production else SECRET["DRAFT_LLM_API_KEY"].stand_in),
+        # A draft is not urgent to the second; 20 s lets a busy model answer, the offline draft follows if not.
+        "draft_llm_timeout": _float(env, "DRAFT_LLM_TIMEOUT", 20.0, 1.0, 300.0),
+        "draft_llm_send_client_text": send_client_text,
+        # The firm's knowledge base (docs/knowledge-base.md); by default the shipped sample.
+        "knowledge_dir": Path(env.get("WAFLOW_KNOWLEDGE_DIR") or BASE_DIR / "knowledge").resolve(),
+    }
+
+
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from ``environ`` (default: the process environment)."""
     env = os.environ if environ is None else environ
@@ -319,6 +382,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         queue_type=queue_type,
         # Dead letters hold client text: they are deleted this many days after they were recorded.
         dead_letter_retention_days=_int(env, "WAFLOW_DEAD_LETTER_RETENTION_DAYS", 30, 1, 3650),
+        **_drafting_settings(env, production),
     )
 
 
