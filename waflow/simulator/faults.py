@@ -76,31 +76,37 @@ class Fault:
 
 
 class FaultQueue:
-    """Pending faults in arrival order; ``take`` uses the first one matching a request."""
+    """Pending faults in arrival order; ``take`` uses the first one matching a request.
 
-    def __init__(self) -> None:
+    A fault matches when its ``on`` is the request's and its target (the attribute ``target``
+    names: a recipient for sends, a media id for media) is unset or the request's. It is used up
+    after ``count`` matches, unless it has ``every`` set."""
+
+    def __init__(self, target: str = "to") -> None:
+        self._target = target
         self._lock = threading.Lock()
-        self._faults: list[Fault] = []
+        self._faults: list[Any] = []
         self.used = 0
 
-    def add(self, faults: list[Fault]) -> None:
+    def add(self, faults: list[Any]) -> None:
         with self._lock:
             self._faults.extend(faults)
 
-    def take(self, key: str | None, on: str) -> Fault | None:
+    def take(self, key: str | None, on: str) -> Any | None:
         if not self._faults:  # the common case, without the lock: a benchmark queues none
             return None
         with self._lock:
             for i, fault in enumerate(self._faults):
-                if fault.on == on and fault.to in (None, key):
-                    fault.count -= 1
-                    if fault.count == 0:
-                        del self._faults[i]
+                if fault.on == on and getattr(fault, self._target) in (None, key):
+                    if not getattr(fault, "every", False):
+                        fault.count -= 1
+                        if fault.count == 0:
+                            del self._faults[i]
                     self.used += 1
                     return fault
         return None
 
-    def pending(self) -> list[Fault]:
+    def pending(self) -> list[Any]:
         with self._lock:
             return list(self._faults)
 

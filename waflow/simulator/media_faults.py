@@ -21,9 +21,10 @@ the next matching request for any media), and how often: ``count`` times (defaul
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from waflow.simulator.faults import FaultQueue
 
 OUTCOMES = ("download_status", "sha256_mismatch", "cut_after", "stream_bytes", "announce_size", "expired")
 # A streamed body is bounded so a typo cannot stream for hours: 10 GiB is far past Meta's 100 MB.
@@ -89,37 +90,6 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-class MediaFaultQueue:
-    """Pending media faults in arrival order; ``take`` uses the first one matching a request."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._faults: list[MediaFault] = []
-        self.used = 0
-
-    def add(self, faults: list[MediaFault]) -> None:
-        with self._lock:
-            self._faults.extend(faults)
-
-    def take(self, media_id: str, on: str) -> MediaFault | None:
-        if not self._faults:  # the common case, without the lock
-            return None
-        with self._lock:
-            for i, fault in enumerate(self._faults):
-                if fault.on == on and fault.media_id in (None, media_id):
-                    if not fault.every:
-                        fault.count -= 1
-                        if fault.count == 0:
-                            del self._faults[i]
-                    self.used += 1
-                    return fault
-        return None
-
-    def pending(self) -> list[MediaFault]:
-        with self._lock:
-            return list(self._faults)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._faults.clear()
-            self.used = 0
+def media_fault_queue() -> FaultQueue:
+    """The queue of media faults: each targets a media id (or any, when unset)."""
+    return FaultQueue(target="media_id")

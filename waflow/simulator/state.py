@@ -20,7 +20,7 @@ from waflow.simulator.faults import Fault, FaultQueue
 from waflow.simulator.inbound import InboundMedia, media_object, parse_inbound
 from waflow.simulator.ledger import Ledger, Send
 from waflow.simulator.media import INBOUND_TTL, Media, MediaStore
-from waflow.simulator.media_faults import MediaFaultQueue
+from waflow.simulator.media_faults import media_fault_queue
 from waflow.simulator.options import RUNTIME_FIELDS, SimulatorOptions
 from waflow.simulator.templates import TemplateRegistry
 from waflow.simulator.users import Users
@@ -56,7 +56,7 @@ class Simulator:
         self.users = Users(options.waba_id)
         self.faults = FaultQueue()
         self.media = MediaStore(options.clock, options.max_media_bytes)
-        self.media_faults = MediaFaultQueue()
+        self.media_faults = media_fault_queue()
         self.poster = WebhookPoster(options.webhook_url, options.app_secret, attempts=options.webhook_attempts,
                                     backoff=options.webhook_backoff, timeout=options.webhook_timeout,
                                     workers=options.webhook_workers)
