@@ -5,7 +5,9 @@ bind = f"0.0.0.0:{settings.port}"
 workers = settings.web_concurrency
 # Threads, not processes, per worker: a request spends its time waiting for the
 # broker's confirm, and all threads of a process share one confirming publisher.
-worker_class = "gthread"
+# gunicorn's gthread worker, plus a deadline (WAFLOW_BODY_TIMEOUT) on reading each
+# request, so a client that stalls its upload cannot hold a thread (waflow/webserver.py).
+worker_class = "waflow.webserver.DeadlineThreadWorker"
 threads = settings.web_threads
 # Meta's latency standard is 1 s at p99; nothing on the webhook path takes long.
 timeout = 30

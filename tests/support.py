@@ -181,8 +181,7 @@ class Stack:
 
     def start(self) -> "Stack":
         bin_dir = Path(sys.executable).parent
-        purge_queues(self.env["CELERY_BROKER_URL"], self.env)
-        self._spawn("web", [str(bin_dir / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"])
+        self.start_web()
         for name, queue in self.WORKERS:
             self.start_worker(name, queue)
         self._spawn("deadletter", [str(bin_dir / "flask"), "--app", "wsgi", "dlq", "record"])
@@ -191,6 +190,16 @@ class Stack:
             self.wait_ready(name)
         wait_for(lambda: "dlq recorder: consuming" in (self.log_dir / "deadletter.log").read_text(), 60,
                  what="dead-letter recorder")
+        return self
+
+    def start_web(self) -> "Stack":
+        """Purge the queues and start the Procfile's ``web`` line alone (``start`` adds the workers)."""
+        purge_queues(self.env["CELERY_BROKER_URL"], self.env)
+        self._spawn("web", [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"])
+        return self
+
+    def wait_web(self) -> "Stack":
+        wait_for(self._web_ready, 30, what="gunicorn")
         return self
 
     def start_worker(self, name: str, queue: str, *extra: str) -> None:

@@ -19,6 +19,7 @@ def test_every_variable_has_a_working_default():
     assert settings.embedded_broker
     assert settings.max_body_bytes == 3 * 1024 * 1024
     assert (settings.port, settings.web_concurrency, settings.web_threads) == (5000, 2, 16)
+    assert settings.body_timeout == 10.0
     # The Meta simulator stands in for Meta; the send limiter shares its state through a file.
     assert settings.whatsapp_api_url == "http://127.0.0.1:5900/v25.0"
     assert (settings.send_rate, settings.redis_url, settings.queue_type) == (80, "", "classic")
@@ -215,6 +216,8 @@ def test_it_accepts_heroku_style_postgres_urls(url):
     ("PORT", "http", "PORT must be a whole number"),
     ("WEB_THREADS", "0", "WEB_THREADS must be between"),
     ("WAFLOW_PUBLISH_TIMEOUT", "soon", "WAFLOW_PUBLISH_TIMEOUT must be a number"),
+    ("WAFLOW_BODY_TIMEOUT", "0.5", "WAFLOW_BODY_TIMEOUT must be between 1.0 and 120.0"),
+    ("WAFLOW_BODY_TIMEOUT", "forever", "WAFLOW_BODY_TIMEOUT must be a number"),
     ("WHATSAPP_SEND_RATE", "1001", "WHATSAPP_SEND_RATE must be between 1 and 1000"),
     ("WAFLOW_QUEUE_TYPE", "stream", "WAFLOW_QUEUE_TYPE must be one of"),
 ])

@@ -1,6 +1,7 @@
 """The webhook: Meta's handshake, signature checks, size limit, and 200 only once queued."""
 from __future__ import annotations
 
+import io
 import json
 import logging
 
@@ -97,6 +98,46 @@ def test_it_takes_a_body_just_under_3_mib(client, publisher):
     response = client.post(URL, data=body, headers={"X-Hub-Signature-256": sign(body)})
     assert response.status_code == 200
     assert len(publisher.published) == 1
+
+
+def post_chunked(client, body: bytes, signature: str):
+    """A body without Content-Length, as gunicorn hands a chunked one to the app (it ends the stream itself)."""
+    return client.post(URL, input_stream=io.BytesIO(body), environ_overrides={"wsgi.input_terminated": True},
+                       headers={"X-Hub-Signature-256": signature, "Transfer-Encoding": "chunked"})
+
+
+def test_it_refuses_a_signed_chunked_body_over_3_mib_with_413_before_checking_the_signature(
+        client, publisher, caplog):
+    body = b'{"object":"whatsapp_business_account","pad":"' + b"x" * (3 * 1024 * 1024) + b'"}'
+    caplog.set_level(logging.INFO)
+    response = post_chunked(client, body, sign(body))
+    assert response.status_code == 413
+    assert publisher.published == []
+    assert "body over 3145728 bytes" in caplog.text
+    assert "signature mismatch" not in caplog.text
+
+
+@pytest.mark.parametrize("size", [3 * 1024 * 1024, 3 * 1024 * 1024 - 1, 1024])
+def test_it_takes_a_signed_chunked_body_up_to_exactly_3_mib(client, publisher, size):
+    body = b'{"p":"' + b"x" * (size - 8) + b'"}'
+    assert len(body) == size
+    response = post_chunked(client, body, sign(body))
+    assert response.status_code == 200
+    assert [queued for queued, _ in publisher.published] == [body]
+
+
+@pytest.mark.parametrize("terminated", [True, False], ids=["as-gunicorn-hands-it", "plain-wsgi"])
+def test_it_answers_400_to_a_body_cut_short_and_does_not_call_it_forged(client, publisher, caplog, terminated):
+    # The client left, or stalled past WAFLOW_BODY_TIMEOUT and the web worker stopped reading.
+    caplog.set_level(logging.INFO)
+    environ = {"CONTENT_LENGTH": str(len(REFERENCE_BODY)), **({"wsgi.input_terminated": True} if terminated else {})}
+    response = client.post(URL, input_stream=io.BytesIO(REFERENCE_BODY[:40]), environ_overrides=environ,
+                           headers={"X-Hub-Signature-256": REFERENCE_SIGNATURE})
+    assert response.status_code == 400
+    assert publisher.published == []
+    assert "signature mismatch" not in caplog.text
+    if terminated:
+        assert f"body ended after 40 of {len(REFERENCE_BODY)} bytes" in caplog.text
 
 
 def test_it_does_not_parse_the_body_on_the_hot_path(client, publisher):

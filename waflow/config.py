@@ -102,7 +102,7 @@ FAIL_CLOSED = ("DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "WHATSAPP_API_U
 VARIABLES = (
     "WAFLOW_ENV", "DATABASE_URL", "CELERY_BROKER_URL", "WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN",
     "FLOWER_BASIC_AUTH", "WAFLOW_VAR_DIR", "WAFLOW_MAX_BODY_BYTES", "WAFLOW_PUBLISH_TIMEOUT", "WAFLOW_LOG_LEVEL",
-    "PORT", "WEB_CONCURRENCY", "WEB_THREADS",
+    "PORT", "WEB_CONCURRENCY", "WEB_THREADS", "WAFLOW_BODY_TIMEOUT",
     "WHATSAPP_API_URL", "WHATSAPP_ACCESS_TOKEN", "WHATSAPP_PHONE_NUMBER_ID", "WHATSAPP_WABA_ID", "WHATSAPP_SEND_RATE",
     "REDIS_URL",
     "SIMULATOR_PORT", "SIMULATOR_WEBHOOK_URL",
@@ -179,6 +179,7 @@ class Settings:
     port: int
     web_concurrency: int
     web_threads: int
+    body_timeout: float
     whatsapp_api_url: str
     access_token: str = field(repr=False)
     phone_number_id: str
@@ -368,6 +369,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         # Two processes for two cores; threads wait on the broker's confirms, not the CPU.
         web_concurrency=_int(env, "WEB_CONCURRENCY", 2, 1, 64),
         web_threads=_int(env, "WEB_THREADS", 16, 1, 256),
+        # A request holds a web thread from its first byte to its last (waflow.webserver): one still
+        # arriving after this long is cut. 10 s lets a 3 MiB body through a link as slow as 320 KB/s.
+        body_timeout=_float(env, "WAFLOW_BODY_TIMEOUT", 10.0, 1.0, 120.0),
         whatsapp_api_url=api_url,
         access_token=secret("WHATSAPP_ACCESS_TOKEN"),
         phone_number_id=env.get("WHATSAPP_PHONE_NUMBER_ID") or DEV_PHONE_NUMBER_ID,

@@ -16,6 +16,7 @@ import logging
 import time
 
 from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from waflow.broker import PublishError
 
@@ -44,6 +45,29 @@ def _text(body: str, status: int) -> Response:
     return Response(body, status=status, mimetype="text/plain")
 
 
+def _whole_body() -> bytes:
+    """The request's whole body; a werkzeug ``HTTPException`` (and a log line) if it is too large or cut short.
+
+    Too large (413): with a Content-Length over ``MAX_CONTENT_LENGTH`` werkzeug refuses before reading. A
+    chunked body has no length: werkzeug reads it up to the limit and returns what it has, which would then
+    fail the signature as if forged; one byte read beyond the limit tells a cut body from one that ends
+    exactly there. Cut short (400): gunicorn returns what arrived when the client leaves, or stops sending
+    past ``WAFLOW_BODY_TIMEOUT`` (waflow.webserver); that is not a forgery either."""
+    limit = request.max_content_length
+    try:
+        body = request.get_data(cache=False)
+        if limit is not None and len(body) >= limit and request.input_stream.read(1):
+            raise RequestEntityTooLarge()
+    except RequestEntityTooLarge:
+        logger.warning("gateway: rejected webhook: body over %d bytes", limit)
+        raise
+    expected = request.content_length
+    if expected is not None and len(body) < expected:
+        logger.warning("gateway: rejected webhook: body ended after %d of %d bytes", len(body), expected)
+        raise ClientDisconnected()
+    return body
+
+
 @bp.get("/webhooks/whatsapp")
 def verify_subscription() -> Response:
     """Answer Meta's handshake with the challenge, as plain text, if the token matches."""
@@ -65,7 +89,7 @@ def receive_webhook() -> Response:
     if not header:
         logger.warning("gateway: rejected webhook: no %s header", SIGNATURE_HEADER)
         return _text("Missing signature", 401)
-    body = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH
+    body = _whole_body()
     if not signature_is_valid(current_app.config["WAFLOW_SETTINGS"].app_secret, body, header):
         logger.warning("gateway: rejected webhook: signature mismatch (%d bytes)", len(body))
         return _text("Invalid signature", 403)
