@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from support import PG_URL, ROOT
-from waflow import queues, stages
+from support import PG_URL, ROOT, migrate
+from waflow import config, queues, stages
 from waflow.celery import app
 from waflow.stages import STAGES, Stage
 
@@ -280,6 +280,7 @@ def test_importing_any_part_of_the_sender_registers_all_its_prepared_statements(
 @pytest.mark.skipif(not PG_URL, reason="WAFLOW_TEST_DATABASE_URL is not set: no PostgreSQL to test against "
                                        "(see README, 'Test it')")
 def test_a_fresh_process_that_imports_what_core_imports_prepares_the_send_path_on_its_connections():
+    migrate(config.load({"DATABASE_URL": PG_URL}).database_url)  # the statements name the outbox's tables
     code = ("import waflow.core\nfrom waflow.db import autocommit\n"
             "with autocommit() as conn:\n"
             "    print(' '.join(r[0] for r in conn.exec_driver_sql("
