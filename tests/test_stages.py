@@ -172,7 +172,7 @@ INFRASTRUCTURE = {
     "waflow.config", "waflow.db", "waflow.models", "waflow.queues", "waflow.embedded", "waflow.tasks",
     "waflow.celery", "waflow.stages", "waflow.broker", "waflow.consumer", "waflow.events", "waflow.compose",
     "waflow.whatsapp", "waflow.web", "waflow.limiter", "waflow.limiter.base", "waflow.limiter.redis_store",
-    "waflow.limiter.file_store", "waflow.dlq", "waflow.dlq.records",
+    "waflow.limiter.file_store", "waflow.dlq", "waflow.dlq.records", "waflow.failures",
 }
 
 
