@@ -241,7 +241,8 @@ class StageTask(Task):
             with transaction() as conn:
                 count = records.count_redelivery(conn, self.request.id)
         except (sa_exc.SQLAlchemyError, *TRANSIENT_ERRORS) as exc:
-            # The database is away: the task body will meet that too and retry; count next time.
+            # The database is away (or refused the count): the task body will meet that too and retry
+            # or fail; count next time.
             logger.warning("%s[%s]: redelivery not counted (%s)", self.name, self.request.id, type(exc).__name__)
             return
         self.request.delivery_count = count
@@ -249,8 +250,11 @@ class StageTask(Task):
             raise Reject(f"redelivered {count} times: the message keeps killing its worker", requeue=False)
 
     def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[override]
+        # A foreign error's description (its type and SQLSTATE); of waflow's own, the type only (a
+        # TransientError carries Meta's reason).
+        said = failures.describe(exc) if isinstance(exc, failures.StageFailure) else type(exc).__name__
         logger.warning("%s[%s] retry %d of %d after %s", self.name, task_id, self.request.retries + 1,
-                       self.max_retries, failures.describe(exc))
+                       self.max_retries, said)
 
 
 @signals.task_failure.connect
