@@ -804,8 +804,8 @@ def test_an_id_longer_than_256_characters_sets_its_update_aside(where, expected)
 
 
 def test_a_status_with_a_6000_character_status_or_wamid_is_set_aside_and_the_others_kept():
-    body = text_body([], statuses=[sent_status("wamid.OK1"), sent_status(_long_id()), sent_status("wamid.X", _long_id()),
-                                   sent_status("wamid.OK2")])
+    body = text_body([], statuses=[sent_status("wamid.OK1"), sent_status(_long_id()),
+                                   sent_status("wamid.X", _long_id()), sent_status("wamid.OK2")])
     batch = split(body)
     assert [e.event_id for e in batch.events] == ["status:wamid.OK1:sent", "status:wamid.OK2:sent"]
     assert [str(r.position) for r in batch.rejected] == ["entry[0].changes[0].statuses[1]",
@@ -817,3 +817,20 @@ def test_a_change_whose_field_is_6000_characters_is_set_aside():
     body["entry"][0]["changes"][0]["field"] = _long_id()
     batch = split(body)
     assert batch.events == [] and batch.rejected[0].reason.startswith("invalid field: String should have at most")
+
+
+def test_an_envelope_field_nested_deep_is_no_id_and_takes_no_update_with_it():
+    body = text_body([text_message("wamid.ENV")])
+    body["entry"][0]["id"] = nested(900)
+    first_value(body)["metadata"]["phone_number_id"] = nested(900)
+    [event] = split(body).events
+    assert (event.event_id, event.waba_id, event.phone_number_id) == ("message:wamid.ENV", None, None)
+
+
+def test_a_messages_list_that_is_not_a_list_is_set_aside_and_is_no_field_event_besides():
+    body = text_body([])
+    first_value(body)["messages"] = {}
+    batch = split(body)
+    assert batch.events == [] and [r.reason for r in batch.rejected] == ["value.messages is not a list (an object)"]
+    first_value(body)["messages"] = None  # absent, as good as: the change is kept as a field event
+    assert [e.kind for e in split(body).events] == ["field"] and split(body).rejected == []

@@ -125,7 +125,9 @@ class Batch:
 
 
 def _str(value: Any) -> str | None:
-    if value is None or value == "":
+    """A scalar as text; None for nothing, an empty string, or an object or a list (no text at all, and
+    one nested deep enough would be a RecursionError in ``str``, outside any one update)."""
+    if value is None or value == "" or isinstance(value, (dict, list)):
         return None
     return value if isinstance(value, str) else str(value)
 
@@ -378,7 +380,9 @@ def _updates(base: dict[str, Any], value: Any, e: int, c: int,
                     yield Position(e, c, key, i), item, lambda _p, st=item: _status_event(base, value, st)
                 else:
                     yield Position(e, c, key, i), item, lambda p, err=item: _error_event(base, err, p)
-        if not any(value.get(k) for k in LISTS):
+        # A messages change that carries no update (only metadata, say) is kept as a field event; one
+        # whose list is not a list has that set aside, and is nothing more.
+        if not any(value.get(k) or (value.get(k) is not None and not isinstance(value[k], list)) for k in LISTS):
             yield Position(e, c), value, lambda _p: _field_event(base, value, entry_time)
         return
     yield Position(e, c), value, lambda _p: _field_event(base, value, entry_time)
@@ -467,7 +471,8 @@ def split_webhook(raw: bytes, received_at: float, origin: Origin | None = None) 
         for c, change in enumerate(entry["changes"]):
             if not isinstance(change, dict) or not isinstance(change.get("field"), str):
                 at = origin.position if origin else Position(e, c)
-                batch.rejected.append(Rejected("change has no field", change, at, _envelope(entry, change, Position(e, c))))
+                alone = _envelope(entry, change, Position(e, c))
+                batch.rejected.append(Rejected("change has no field", change, at, alone))
                 continue
             value = change.get("value")
             metadata = value.get("metadata") if isinstance(value, dict) else None
