@@ -144,3 +144,18 @@ def test_a_dead_letter_written_before_the_change_still_replays(live):
     assert (old_row.key, old_row.status) == ("t-old:update-0", "replayed")
     assert sorted(r.key.rsplit(":", 1)[1] for r in new_rows) == ["entry[0].changes[0].messages[0]",
                                                                  "entry[0].changes[0].messages[1]"]
+
+
+def test_no_process_logs_the_clients_words_and_no_dead_letter_message_quotes_them(live):
+    """Item 1, end to end: a body that is not a webhook and unreadable updates, each carrying the marker."""
+    assert live.post(json.dumps({"object": MARKER, "entry": []}).encode()).status_code == 200
+    assert live.post(('{"object":"whatsapp_business_account","entry":[{"id":"' + MARKER).encode()).status_code == 200
+    body = compact(envelope([text(None), text("wamid.TS-WORDS", timestamp=MARKER), MARKER, text(MARKER * 30),
+                             deep_message("wamid.M-DEEP", 300), text("wamid.M-OK")]))
+    assert live.post(body).status_code == 200
+    wait_rows(live, "messages", 1, where="wamid = 'wamid.M-OK'")
+    wait_rows(live, "dead_letters", 7, timeout=30)
+    rows = dead_letter_rows(live)
+    assert all(MARKER not in r.error_message for r in rows), [r.error_message for r in rows]
+    assert all(MARKER in json.dumps(r.args) for r in rows)  # kept for the operators, where it belongs
+    # (the live fixture then reads every process's log for the marker)
