@@ -6,6 +6,7 @@ published, the broker's own dead-lettering) are in ``test_dead_letter_paths.py``
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -77,8 +78,9 @@ def test_a_body_that_is_not_a_webhook_is_dead_lettered_at_once_with_its_reason(d
 
     assert ingest_raw.apply(args=('{"object":"instagram","entry":[]}', 1764000000.0), task_id="t-ig").get() == 0
     [record] = dead_letters()
-    assert (record["error_type"], record["key"]) == ("NotAWebhook", "t-ig:")
-    assert record["error_message"] == "object is 'instagram', not 'whatsapp_business_account'"
+    assert (record["error_type"], record["key"]) == (
+        "NotAWebhook", "body:" + hashlib.sha256(b'{"object":"instagram","entry":[]}').hexdigest())
+    assert record["error_message"] == "object is not 'whatsapp_business_account' (a string of 9 characters)"
     assert record["args"] == ['{"object":"instagram","entry":[]}', 1764000000.0]
     assert record["received_at"].startswith("2025-11-24T16:00:00")
 
@@ -210,7 +212,8 @@ def test_the_recorder_merges_a_record_and_the_brokers_copy_of_the_same_failure(d
     with orm(db_url) as session:
         [row] = session.scalars(sa.select(DeadLetter)).all()
     assert (row.key, row.source, row.broker_reason) == ("t-1", "handler", "rejected")
-    assert (row.error_type, row.error_message, row.traceback) == ("RuntimeError", "boom", "Traceback: boom")
+    assert (row.error_type, row.error_message, row.traceback) == ("RuntimeError", "RuntimeError", "Traceback: boom")
+    assert row.detail == "RuntimeError: boom"  # a foreign error's own text: for operators, never in a message
     assert row.args == [{"event_id": "e"}] and row.retries == 3
     first = row.first_failed_at  # SQLite hands back naive UTC
     assert (first if first.tzinfo else first.replace(tzinfo=timezone.utc)) == datetime.fromtimestamp(

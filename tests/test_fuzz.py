@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from fixtures import load_cases, to_bytes
 from support import RecordingPublisher, sign
 from waflow.events import NormalizedEvent
-from waflow.ingestor import NotAWebhook, split_webhook
+from waflow.ingestor import NotAWebhook, Origin, split_webhook
 
 CASES = [body for _, _, body in load_cases()]
 
@@ -54,8 +54,13 @@ def _check_split(raw: bytes) -> None:
         return
     for event in batch.events:
         NormalizedEvent.model_validate_json(event.model_dump_json())
-    for reason, _update in batch.rejected:
-        assert isinstance(reason, str) and reason
+    for rejected in batch.rejected:
+        assert isinstance(rejected.reason, str) and rejected.reason
+        # The update's own webhook, replayed from where it was, is that update alone, set aside again.
+        again = split_webhook(json.dumps(rejected.envelope).encode(), 1764000000.0,
+                              Origin(batch.sha256, rejected.position))
+        assert (again.events, [(r.reason, r.position) for r in again.rejected]) == \
+            ([], [(rejected.reason, rejected.position)])
     assert len({e.event_id for e in batch.events if e.kind in ("message", "status")}) <= len(batch.events)
 
 
@@ -127,7 +132,15 @@ def test_no_bad_input_crashes_a_stage_and_each_is_dead_lettered_with_a_readable_
         assert handle_normalized.apply(args=args, kwargs=kwargs).successful()
     dead = _drain("wa.dead_letter")
     assert len(dead) == expected
+    assert len({record["key"] for record in dead}) == expected
     for record in dead:
         assert record["error_type"] in ("NotAWebhook", "BadUpdate")
         assert isinstance(record["error_message"], str) and 3 < len(record["error_message"]) < 300
-        assert record["args"][0] == raw.decode("utf-8", "surrogateescape")  # a replay re-ingests the whole body
+        if record["error_type"] == "NotAWebhook":
+            assert record["args"][0] == raw.decode("utf-8", "surrogateescape")  # a replay re-ingests the body
+            continue
+        # A replay re-ingests that update alone, and setting it aside again yields the same record.
+        assert ingest_raw.apply(args=record["args"], kwargs=record["kwargs"]).successful()
+        assert _drain("wa.incoming.normalized") == []
+        [again] = _drain("wa.dead_letter")
+        assert (again["key"], again["error_message"]) == (record["key"], record["error_message"])

@@ -509,8 +509,8 @@ NOT_A_WEBHOOK = [
     ("json_array", to_bytes([ENVELOPE]), ["JSON list, not an object"]),
     ("json_string", to_bytes("whatsapp_business_account"), ["JSON str, not an object"]),
     ("page_object", to_bytes({"object": "page", "entry": [{"id": "1", "changes": [CHANGE]}]}),
-     ["'page'", "not 'whatsapp_business_account'"]),
-    ("no_object", to_bytes({"entry": [{"id": "1", "changes": [CHANGE]}]}), ["'None'"]),
+     ["object is not 'whatsapp_business_account' (a string of 4 characters)"]),
+    ("no_object", to_bytes({"entry": [{"id": "1", "changes": [CHANGE]}]}), ["(absent)"]),
     ("missing_entry", to_bytes(ENVELOPE), ["entry is missing"]),
     ("empty_entry", to_bytes({**ENVELOPE, "entry": []}), ["entry is missing or not a non-empty list"]),
     ("entry_is_object", to_bytes({**ENVELOPE, "entry": {"id": "1"}}), ["entry is missing"]),
@@ -533,9 +533,9 @@ def test_it_sets_aside_a_message_without_id_and_keeps_the_others():
     del no_id["id"]
     batch = split(text_body([text_message("wamid.A"), no_id, text_message("wamid.B")]))
     assert [e.event_id for e in batch.events] == ["message:wamid.A", "message:wamid.B"]
-    ((reason, update),) = batch.rejected
-    assert "no id" in reason
-    assert update == no_id
+    ((reason, update, position, _),) = batch.rejected
+    assert reason == "message has no id"
+    assert update == no_id and str(position) == "entry[0].changes[0].messages[1]"
 
 
 @pytest.mark.parametrize("timestamp", ["abc", "", None, "1.5e400"])
@@ -543,33 +543,34 @@ def test_it_sets_aside_a_message_whose_timestamp_is_not_unix_seconds(timestamp):
     bad = text_message("wamid.T", timestamp=timestamp)
     batch = split(text_body([bad, text_message("wamid.OK")]))
     assert [e.event_id for e in batch.events] == ["message:wamid.OK"]
-    ((reason, update),) = batch.rejected
-    assert "timestamp" in reason and repr(timestamp) in reason
+    ((reason, update, _, _),) = batch.rejected
+    assert reason.startswith("timestamp is not Unix seconds (")
     assert update == bad
 
 
 def test_it_sets_aside_a_negative_timestamp():
     batch = split(text_body([text_message("wamid.NEG", timestamp="-5")]))
     assert batch.events == []
-    assert batch.rejected[0][0] == "timestamp -5 is out of range"
+    assert batch.rejected[0].reason == "timestamp is out of range (0 to 253402300799)"
 
 
 @pytest.mark.parametrize(("update", "reason"), [
-    ("just a string", "message is not an object"),
-    ({"from": "1", "id": "wamid.NT", "timestamp": "1"}, "message wamid.NT has no type"),
+    ("just a string", "message is not an object (a string of 13 characters)"),
+    ({"from": "1", "id": "wamid.NT", "timestamp": "1"}, "message has no type"),
     ({"id": "wamid.NS", "timestamp": "1", "type": "text", "text": {"body": "x"}}, "names no sender"),
 ])
 def test_it_sets_aside_other_unreadable_messages_on_their_own(update, reason):
     batch = split(text_body([update, text_message("wamid.OK")], contacts=[]))
     assert [e.event_id for e in batch.events] == ["message:wamid.OK"]
-    ((got_reason, got_update),) = batch.rejected
+    ((got_reason, got_update, _, _),) = batch.rejected
     assert reason in got_reason and got_update == update
 
 
 def test_it_sets_aside_a_status_without_status():
     batch = split(text_body([], statuses=[{"id": "wamid.Q", "timestamp": "1"}, sent_status("wamid.R")]))
     assert [e.event_id for e in batch.events] == ["status:wamid.R:sent"]
-    assert batch.rejected == [("status has no id or no status", {"id": "wamid.Q", "timestamp": "1"})]
+    assert [(r.reason, r.update, str(r.position)) for r in batch.rejected] == [
+        ("status has no id or no status", {"id": "wamid.Q", "timestamp": "1"}, "entry[0].changes[0].statuses[0]")]
 
 
 # --- deterministic ids and the wire format ------------------------------------------------------------------
@@ -648,7 +649,8 @@ def test_a_change_without_a_field_is_set_aside_and_the_other_changes_go_on():
     body["entry"][0]["changes"].append({"value": {}})
     batch = split(body)
     assert [e.event_id for e in batch.events] == ["message:wamid.KEEP"]
-    assert batch.rejected == [("entry[0].changes[1] has no field", {"value": {}})]
+    assert [(r.reason, r.update, str(r.position)) for r in batch.rejected] == [
+        ("change has no field", {"value": {}}, "entry[0].changes[1]")]
 
 
 def test_nul_characters_are_replaced_so_postgresql_can_store_the_text():
@@ -670,7 +672,8 @@ def test_one_broken_list_does_not_set_aside_the_good_messages_beside_it():
     body["entry"][0]["changes"][0]["value"]["statuses"] = {}
     batch = split(body)
     assert [e.event_id for e in batch.events] == ["message:wamid.GOOD"]
-    assert batch.rejected == [("value.statuses is not a list", {"statuses": {}})]
+    assert [(r.reason, r.update, str(r.position)) for r in batch.rejected] == [
+        ("value.statuses is not a list (an object)", {}, "entry[0].changes[0].statuses")]
 
 
 def test_it_replaces_an_unpaired_utf16_escape_so_the_event_can_be_stored():
@@ -678,3 +681,156 @@ def test_it_replaces_an_unpaired_utf16_escape_so_the_event_can_be_stored():
     event = split_webhook(raw, 1.0).events[0]
     assert event.message.text == "half \ufffd and pair \U0001f62e"
     event.model_dump_json()  # serialisable, as the core stage needs
+
+
+# --- one update's failure is its own (issue 15, item 3) ---------------------------------------------------------
+
+
+def nested(depth: int, leaf="x") -> dict:
+    value = leaf
+    for _ in range(depth):
+        value = {"d": value}
+    return value
+
+
+def nested_edit(depth: int) -> dict:
+    """A message whose edit holds an edit ... ``depth`` times, around a text."""
+    inner = {"type": "text", "text": {"body": "edited"}}
+    for _ in range(depth):
+        inner = {"type": "edit", "edit": {"original_message_id": "wamid.ORIG", "message": inner}}
+    return {"from": "972987654321", "id": "wamid.EDITS", "timestamp": "1697043223", **inner}
+
+
+@pytest.mark.parametrize("depth", [64, 400, 600, 800])
+def test_an_update_nested_hundreds_of_levels_deep_is_set_aside_alone(depth):
+    deep = text_message("wamid.DEEP")
+    deep["referral"] = nested(depth)
+    batch = split(text_body([text_message("wamid.A"), deep, text_message("wamid.B")]))
+    assert [e.event_id for e in batch.events] == ["message:wamid.A", "message:wamid.B"]
+    assert [(r.reason, str(r.position)) for r in batch.rejected] == [
+        ("nested more than 64 levels deep", "entry[0].changes[0].messages[1]")]
+    assert len(batch.wire) == 2  # the good ones are ready for the core stage
+
+
+def test_an_update_nested_64_levels_is_still_an_event():
+    kept = text_message("wamid.SHALLOW")
+    kept["referral"] = nested(63)  # the message, then 63 levels of referral: 64 in all
+    batch = split(text_body([kept]))
+    assert batch.rejected == [] and json.loads(json.dumps(batch.wire[0]))["message"]["raw"] == kept
+
+
+@pytest.mark.parametrize("depth", [300, 450])
+def test_an_edit_nested_hundreds_of_times_is_set_aside_alone(depth):
+    batch = split(text_body([text_message("wamid.A"), nested_edit(depth)]))
+    assert [e.event_id for e in batch.events] == ["message:wamid.A"]
+    assert [r.reason for r in batch.rejected] == ["nested more than 64 levels deep"]
+
+
+def test_an_nfm_reply_whose_response_json_is_100000_brackets_is_kept_without_a_parsed_response():
+    flow = {"from": "972987654321", "id": "wamid.FLOW", "timestamp": "1697043223", "type": "interactive",
+            "interactive": {"type": "nfm_reply", "nfm_reply": {"body": "Sent", "name": "flow",
+                                                                "response_json": "[" * 100000}}}
+    batch = split(text_body([flow, text_message("wamid.A")]))
+    assert batch.rejected == []
+    event = batch.events[0]
+    assert event.message.content["response"] is None and event.message.text == "Sent"
+    assert event.message.raw["interactive"]["nfm_reply"]["response_json"] == "[" * 100000
+
+
+def test_an_nfm_reply_nested_past_the_limit_keeps_the_message_without_a_parsed_response():
+    too_deep = json.dumps(nested(80))
+    flow = {"from": "972987654321", "id": "wamid.FLOW2", "timestamp": "1697043223", "type": "interactive",
+            "interactive": {"type": "nfm_reply", "nfm_reply": {"body": "Sent", "response_json": too_deep}}}
+    [event] = split(text_body([flow])).events
+    assert event.message.content["response"] is None
+
+
+@pytest.mark.parametrize("error", [RecursionError, MemoryError, ZeroDivisionError, LookupError])
+def test_any_exception_an_update_raises_sets_aside_that_update_alone(monkeypatch, error):
+    from waflow import ingestor
+
+    real = ingestor._type_content
+
+    def fails_on_one(mtype, msg):
+        if msg.get("id") == "wamid.BOOM":
+            raise error("the client wrote this")
+        return real(mtype, msg)
+
+    monkeypatch.setattr(ingestor, "_type_content", fails_on_one)
+    batch = split(text_body([text_message("wamid.A"), text_message("wamid.BOOM"), text_message("wamid.B")]))
+    assert [e.event_id for e in batch.events] == ["message:wamid.A", "message:wamid.B"]
+    assert [r.reason for r in batch.rejected] == [f"unreadable update ({error.__name__})"]
+
+
+def test_a_body_nested_too_deeply_to_decode_is_not_a_webhook():
+    raw = b'{"object":"whatsapp_business_account","entry":[{"changes":[{"field":"x","value":' + b"[" * 100000
+    with pytest.raises(NotAWebhook, match="nested too deeply"):
+        split_webhook(raw, RECEIVED_AT)
+
+
+def test_a_deep_body_with_an_unpaired_utf16_escape_is_cleaned_without_recursion():
+    deep = text_message("wamid.DEEPSUR")
+    deep["referral"] = nested(900, leaf="half \ud83d")
+    raw = to_bytes(text_body([text_message("wamid.A", text="x \ud83d"), deep]))
+    batch = split_webhook(raw, RECEIVED_AT)
+    assert batch.events[0].message.text == "x \ufffd"
+    assert [r.reason for r in batch.rejected] == ["nested more than 64 levels deep"]
+
+
+# --- ids are bounded (issue 15, item 5) -------------------------------------------------------------------------
+
+
+def _long_id() -> str:
+    import random
+    import string
+
+    return "".join(random.choices(string.ascii_letters + string.digits, k=6000))
+
+
+@pytest.mark.parametrize(("where", "expected"), [
+    (lambda m, v: m.update(id=_long_id()), "invalid wamid: String should have at most 256 characters"),
+    (lambda m, v: m.update({"from": _long_id()}), "invalid wa_id: String should have at most 256"),
+    (lambda m, v: m.update(type="image", image={"id": _long_id()}), "invalid id: String should have at most 256"),
+    (lambda m, v: m.update(context={"id": _long_id()}), "invalid quoted_wamid: String should"),
+    (lambda m, v: v["metadata"].update(phone_number_id=_long_id()), "invalid phone_number_id: String should"),
+])
+def test_an_id_longer_than_256_characters_sets_its_update_aside(where, expected):
+    body = text_body([text_message("wamid.LONG")], contacts=[])
+    where(body["entry"][0]["changes"][0]["value"]["messages"][0], first_value(body))
+    batch = split(body)
+    assert batch.events == []
+    [rejected] = batch.rejected
+    assert rejected.reason.startswith(expected)
+
+
+def test_a_status_with_a_6000_character_status_or_wamid_is_set_aside_and_the_others_kept():
+    body = text_body([], statuses=[sent_status("wamid.OK1"), sent_status(_long_id()),
+                                   sent_status("wamid.X", _long_id()), sent_status("wamid.OK2")])
+    batch = split(body)
+    assert [e.event_id for e in batch.events] == ["status:wamid.OK1:sent", "status:wamid.OK2:sent"]
+    assert [str(r.position) for r in batch.rejected] == ["entry[0].changes[0].statuses[1]",
+                                                          "entry[0].changes[0].statuses[2]"]
+
+
+def test_a_change_whose_field_is_6000_characters_is_set_aside():
+    body = load_case("account_update", "account_offboarded")
+    body["entry"][0]["changes"][0]["field"] = _long_id()
+    batch = split(body)
+    assert batch.events == [] and batch.rejected[0].reason.startswith("invalid field: String should have at most")
+
+
+def test_an_envelope_field_nested_deep_is_no_id_and_takes_no_update_with_it():
+    body = text_body([text_message("wamid.ENV")])
+    body["entry"][0]["id"] = nested(900)
+    first_value(body)["metadata"]["phone_number_id"] = nested(900)
+    [event] = split(body).events
+    assert (event.event_id, event.waba_id, event.phone_number_id) == ("message:wamid.ENV", None, None)
+
+
+def test_a_messages_list_that_is_not_a_list_is_set_aside_and_is_no_field_event_besides():
+    body = text_body([])
+    first_value(body)["messages"] = {}
+    batch = split(body)
+    assert batch.events == [] and [r.reason for r in batch.rejected] == ["value.messages is not a list (an object)"]
+    first_value(body)["messages"] = None  # absent, as good as: the change is kept as a field event
+    assert [e.kind for e in split(body).events] == ["field"] and split(body).rejected == []

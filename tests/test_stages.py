@@ -171,8 +171,8 @@ def test_celery_routes_and_imports_come_from_the_registry():
 INFRASTRUCTURE = {
     "waflow.config", "waflow.db", "waflow.models", "waflow.queues", "waflow.embedded", "waflow.tasks",
     "waflow.celery", "waflow.stages", "waflow.broker", "waflow.consumer", "waflow.events", "waflow.compose",
-    "waflow.whatsapp", "waflow.web", "waflow.webserver", "waflow.limiter", "waflow.limiter.base", "waflow.limiter.redis_store",
-    "waflow.limiter.file_store", "waflow.dlq", "waflow.dlq.records",
+    "waflow.whatsapp", "waflow.web", "waflow.webserver", "waflow.limiter", "waflow.limiter.base",
+    "waflow.limiter.redis_store", "waflow.limiter.file_store", "waflow.dlq", "waflow.dlq.records", "waflow.failures",
 }
 
 

@@ -8,7 +8,13 @@ messages[]/statuses[]``, mixed. The body is stored verbatim for audit first.
   envelope) goes to the dead-letter queue at once with its reason; it is never
   retried and never blocks the queue.
 - A single update inside a good envelope that cannot be read (a message with no
-  id) is dead-lettered on its own; the rest of the batch goes on.
+  id, an id too long, a value nested too deep), or that raises anything at all,
+  is dead-lettered on its own; the rest of the batch goes on. Its record holds
+  that update in a webhook of its own (its entry, change and metadata), its
+  position and the key of the stored body, so a replay re-ingests that update
+  alone, and a replay that fails again updates the same record.
+- Reasons, logs and dead-letter messages name positions, types and sizes, never
+  what the body says.
 - A message type waflow does not know is kept as a message with its raw object.
 - Any other webhook field (account, templates, calls, ...) becomes a ``field``
   event and is stored, not dropped.
@@ -22,13 +28,14 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 from pydantic import ValidationError
 
 from waflow import limiter, queues
 from waflow.db import insert, transaction
 from waflow.events import (
+    MAX_DEPTH,
     Context,
     ContactInfo,
     FieldUpdate,
@@ -38,6 +45,7 @@ from waflow.events import (
     NormalizedEvent,
     StatusUpdate,
     describe_validation_error,
+    nesting_exceeds,
 )
 from waflow.models import WebhookPayload
 from waflow.dlq import records
@@ -56,13 +64,57 @@ class BadUpdate(ValueError):
     """One update inside a good envelope cannot be read; the message says why."""
 
 
+@dataclass(frozen=True)
+class Position:
+    """Where an update sits in its body: ``entry[0].changes[1].messages[3]``. ``key`` and ``index``
+    are None for a whole change; ``index`` is None for a list that is not a list."""
+
+    entry: int
+    change: int
+    key: str | None = None
+    index: int | None = None
+
+    def __str__(self) -> str:
+        where = f"entry[{self.entry}].changes[{self.change}]"
+        if self.key is not None:
+            where += f".{self.key}" + (f"[{self.index}]" if self.index is not None else "")
+        return where
+
+    def to_json(self) -> dict[str, Any]:
+        return {"entry": self.entry, "change": self.change, "key": self.key, "index": self.index}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "Position":
+        return cls(int(doc["entry"]), int(doc["change"]), doc.get("key"), doc.get("index"))
+
+
+class Origin(NamedTuple):
+    """Where the single update of a replayed dead letter came from: the stored body and its position."""
+
+    payload_sha256: str
+    position: Position
+
+
+class Rejected(NamedTuple):
+    """One update set aside: why (no client content), the update, where it was, and a webhook that
+    holds it alone (its entry, change and metadata)."""
+
+    reason: str
+    update: Any
+    position: Position
+    envelope: dict[str, Any]
+
+
 @dataclass
 class Batch:
     """What one webhook body splits into."""
 
     sha256: str
     events: list[NormalizedEvent] = field(default_factory=list)
-    rejected: list[tuple[str, Any]] = field(default_factory=list)  # (reason, update)
+    # Each event in the form core receives, in the same order (dumped here, so an event that cannot
+    # be dumped is set aside like any other bad update).
+    wire: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
 
     @property
     def media_jobs(self) -> list[dict[str, Any]]:
@@ -73,13 +125,23 @@ class Batch:
 
 
 def _str(value: Any) -> str | None:
-    if value is None or value == "":
+    """A scalar as text; None for nothing, an empty string, or an object or a list (no text at all, and
+    one nested deep enough would be a RecursionError in ``str``, outside any one update)."""
+    if value is None or value == "" or isinstance(value, (dict, list)):
         return None
     return value if isinstance(value, str) else str(value)
 
 
 # Unix seconds a date can hold (up to 9999-12-31); anything else is not a real time.
 MAX_TIMESTAMP = 253402300799
+
+
+def shape(value: Any) -> str:
+    """What a value is, without what it says: ``a string of 12 characters``, ``an object``."""
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    kinds = {dict: "an object", list: "a list", bool: "a boolean", int: "an integer", float: "a number"}
+    return "absent" if value is None else kinds.get(type(value), f"a {type(value).__name__}")
 
 
 def _timestamp(obj: dict[str, Any]) -> int:
@@ -89,9 +151,9 @@ def _timestamp(obj: dict[str, Any]) -> int:
             raise TypeError
         value = int(raw) if not isinstance(raw, str) or raw.isdigit() else int(float(raw))
     except (TypeError, ValueError, OverflowError):
-        raise BadUpdate(f"timestamp {str(raw)[:32]!r} is not Unix seconds") from None
+        raise BadUpdate(f"timestamp is not Unix seconds ({shape(raw)})") from None
     if not 0 <= value <= MAX_TIMESTAMP:
-        raise BadUpdate(f"timestamp {value} is out of range")
+        raise BadUpdate(f"timestamp is out of range (0 to {MAX_TIMESTAMP})")
     return value
 
 
@@ -114,8 +176,8 @@ def _error(e: dict[str, Any]) -> MetaError:
     )
 
 
-def _contact(value: dict[str, Any], wa_id: str | None, user_id: str | None) -> ContactInfo | None:
-    """The contact entry that belongs to this sender (``contacts[]`` is absent for some updates)."""
+def _card(value: Any, wa_id: str | None, user_id: str | None) -> dict[str, Any] | None:
+    """The ``contacts[]`` card that belongs to this sender, if any (absent for some updates)."""
     found = value.get("contacts") if isinstance(value, dict) else None
     cards = [c for c in found if isinstance(c, dict)] if isinstance(found, list) else []
     card = next((c for c in cards if wa_id and c.get("wa_id") == wa_id), None)
@@ -126,7 +188,12 @@ def _contact(value: dict[str, Any], wa_id: str | None, user_id: str | None) -> C
         # One message, one card: the card is the sender's, even when its wa_id differs from `from`
         # (Brazil's ninth digit); Meta's reference says to trust contacts[].wa_id.
         card = cards[0]
-    card = card or {}
+    return card
+
+
+def _contact(value: dict[str, Any], wa_id: str | None, user_id: str | None) -> ContactInfo | None:
+    """The sender, from the message's ids and its card."""
+    card = _card(value, wa_id, user_id) or {}
     profile = card.get("profile") if isinstance(card.get("profile"), dict) else {}
     info = ContactInfo(
         wa_id=_str(card.get("wa_id")) or wa_id,
@@ -179,10 +246,12 @@ def _interactive(obj: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     reply = obj.get(kind) if kind and isinstance(obj.get(kind), dict) else {}
     content: dict[str, Any] = {"type": kind, **reply}
     if kind == "nfm_reply" and isinstance(reply.get("response_json"), str):
+        # A Flow's answer, parsed when it is JSON of a sane depth; raw keeps the string either way.
         try:
-            content["response"] = json.loads(reply["response_json"])
-        except ValueError:
-            content["response"] = None
+            response = json.loads(reply["response_json"])
+        except (ValueError, RecursionError):
+            response = None
+        content["response"] = None if nesting_exceeds(response, MAX_DEPTH - 2) else response
         return _str(reply.get("body")), content
     return _str(reply.get("title")) or _str(reply.get("body")), content
 
@@ -237,13 +306,13 @@ def _type_content(mtype: str, msg: dict[str, Any]) -> tuple[str | None, MediaInf
 
 def _message_event(base: dict[str, Any], value: dict[str, Any], msg: Any) -> NormalizedEvent:
     if not isinstance(msg, dict):
-        raise BadUpdate("message is not an object")
+        raise BadUpdate(f"message is not an object ({shape(msg)})")
     wamid = _str(msg.get("id"))
     mtype = _str(msg.get("type"))
     if not wamid:
         raise BadUpdate("message has no id")
     if not mtype:
-        raise BadUpdate(f"message {wamid} has no type")
+        raise BadUpdate("message has no type")
     text, media, content = _type_content(mtype, msg)
     message = InboundMessage(
         wamid=wamid,
@@ -259,13 +328,13 @@ def _message_event(base: dict[str, Any], value: dict[str, Any], msg: Any) -> Nor
     )
     contact = _contact(value, _str(msg.get("from")), _str(msg.get("from_user_id")))
     if contact is None:
-        raise BadUpdate(f"message {wamid} names no sender (no from, from_user_id or contacts[])")
+        raise BadUpdate("message names no sender (no from, from_user_id or contacts[])")
     return NormalizedEvent(event_id=f"message:{wamid}", kind="message", contact=contact, message=message, **base)
 
 
 def _status_event(base: dict[str, Any], value: dict[str, Any], st: Any) -> NormalizedEvent:
     if not isinstance(st, dict):
-        raise BadUpdate("status is not an object")
+        raise BadUpdate(f"status is not an object ({shape(st)})")
     wamid, status = _str(st.get("id")), _str(st.get("status"))
     if not wamid or not status:
         raise BadUpdate("status has no id or no status")
@@ -289,37 +358,46 @@ def _digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def _updates(base: dict[str, Any], value: Any, position: str, entry_time: int | None) -> Iterator[tuple[Any, Any]]:
-    """Yield (update, builder) pairs for one ``changes[]`` entry; a builder raises BadUpdate."""
+LISTS = ("messages", "statuses", "errors")
+
+
+def _updates(base: dict[str, Any], value: Any, e: int, c: int,
+             entry_time: int | None) -> Iterator[tuple[Position, Any, Callable[[Position], NormalizedEvent]]]:
+    """Yield (position, update, builder) for one ``changes[]`` entry; a builder takes the position the
+    update is known by (its own, or on a replay the one it had in its original body)."""
     if base["field"] == "messages" and isinstance(value, dict):
-        lists = [(k, value.get(k)) for k in ("messages", "statuses", "errors") if value.get(k) is not None]
-        for key, found in lists:
+        for key in LISTS:
+            found = value.get(key)
+            if found is None:
+                continue
             if not isinstance(found, list):
-                yield {key: found}, lambda k=key: _not_a_list(k)
+                yield Position(e, c, key), found, lambda _p, k=key, f=found: _not_a_list(k, f)
                 continue
             for i, item in enumerate(found):
                 if key == "messages":
-                    yield item, lambda m=item: _message_event(base, value, m)
+                    yield Position(e, c, key, i), item, lambda _p, m=item: _message_event(base, value, m)
                 elif key == "statuses":
-                    yield item, lambda st=item: _status_event(base, value, st)
+                    yield Position(e, c, key, i), item, lambda _p, st=item: _status_event(base, value, st)
                 else:
-                    yield item, lambda e=item, n=i: _error_event(base, e, f"{position}.{n}")
-        if not any(value.get(k) for k in ("messages", "statuses", "errors")):
-            yield value, lambda: _field_event(base, value, entry_time)
+                    yield Position(e, c, key, i), item, lambda p, err=item: _error_event(base, err, p)
+        # A messages change that carries no update (only metadata, say) is kept as a field event; one
+        # whose list is not a list has that set aside, and is nothing more.
+        if not any(value.get(k) or (value.get(k) is not None and not isinstance(value[k], list)) for k in LISTS):
+            yield Position(e, c), value, lambda _p: _field_event(base, value, entry_time)
         return
-    yield value, lambda: _field_event(base, value, entry_time)
+    yield Position(e, c), value, lambda _p: _field_event(base, value, entry_time)
 
 
-def _not_a_list(key: str) -> NormalizedEvent:
-    raise BadUpdate(f"value.{key} is not a list")
+def _not_a_list(key: str, found: Any) -> NormalizedEvent:
+    raise BadUpdate(f"value.{key} is not a list ({shape(found)})")
 
 
-def _error_event(base: dict[str, Any], err: Any, position: str) -> NormalizedEvent:
+def _error_event(base: dict[str, Any], err: Any, position: Position) -> NormalizedEvent:
     if not isinstance(err, dict):
-        raise BadUpdate("errors[] entry is not an object")
+        raise BadUpdate(f"errors[] entry is not an object ({shape(err)})")
     # Payload-level errors carry no id: the payload and the position name them, so a
     # redelivered body dedupes and the same error sent again later is kept again.
-    event_id = f"error:{base['payload_sha256'][:32]}:{position}"
+    event_id = f"error:{base['payload_sha256'][:32]}:{position.entry}.{position.change}.{position.index}"
     return NormalizedEvent(event_id=event_id, kind="error", error=_error(err), **base)
 
 
@@ -337,12 +415,14 @@ def parse_envelope(raw: bytes) -> dict[str, Any]:
         doc = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise NotAWebhook(f"body is not JSON: {type(exc).__name__} at {getattr(exc, 'pos', '?')}") from None
+    except RecursionError:
+        raise NotAWebhook("body is JSON nested too deeply to read") from None
     if not isinstance(doc, dict):
         raise NotAWebhook(f"body is a JSON {type(doc).__name__}, not an object")
     if b"\\ud" in raw or b"\\uD" in raw or b"\\u0000" in raw:
         doc = _storable(doc)
     if doc.get("object") != "whatsapp_business_account":
-        raise NotAWebhook(f"object is {str(doc.get('object'))[:64]!r}, not 'whatsapp_business_account'")
+        raise NotAWebhook(f"object is not 'whatsapp_business_account' ({shape(doc.get('object'))})")
     entries = doc.get("entry")
     if not isinstance(entries, list) or not entries:
         raise NotAWebhook("entry is missing or not a non-empty list")
@@ -352,27 +432,47 @@ def parse_envelope(raw: bytes) -> dict[str, Any]:
     return doc
 
 
-def _storable(node: Any) -> Any:
+def _storable(doc: dict[str, Any]) -> dict[str, Any]:
     """Replace what no database text column takes, escaped UTF-16 halves that pair with nothing and
-    NUL characters, by U+FFFD. The body itself is kept byte for byte in ``webhook_payloads``."""
-    if isinstance(node, str):
-        return node.encode("utf-16", "surrogatepass").decode("utf-16", "replace").replace("\x00", "\ufffd")
-    if isinstance(node, list):
-        return [_storable(v) for v in node]
-    if isinstance(node, dict):
-        return {_storable(k): _storable(v) for k, v in node.items()}
-    return node
+    NUL characters, by U+FFFD, in place. The body itself is kept byte for byte in ``webhook_payloads``.
+    Iterative: a body nested as deep as the JSON decoder reads is no RecursionError here."""
+    stack: list[Any] = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key in list(node):
+                value = node.pop(key)
+                node[_clean(key)] = _clean(value) if isinstance(value, str) else value
+                if isinstance(value, (dict, list)):
+                    stack.append(value)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                if isinstance(value, str):
+                    node[i] = _clean(value)
+                elif isinstance(value, (dict, list)):
+                    stack.append(value)
+    return doc
 
 
-def split_webhook(raw: bytes, received_at: float) -> Batch:
-    """Split one webhook body into normalized events; unreadable updates are set aside."""
+def _clean(text: str) -> str:
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").replace("\x00", "\ufffd")
+
+
+def split_webhook(raw: bytes, received_at: float, origin: Origin | None = None) -> Batch:
+    """Split one webhook body into normalized events; unreadable updates are set aside.
+
+    Whatever one update raises (a missing id, a value nested too deep, an error no rule foresaw,
+    a RecursionError) sets that update aside alone. ``origin``: the body is a dead letter's
+    one-update webhook, replayed; its update keeps the payload and position it had at first."""
     doc = parse_envelope(raw)
-    batch = Batch(sha256=hashlib.sha256(raw).hexdigest())
+    batch = Batch(sha256=origin.payload_sha256 if origin else hashlib.sha256(raw).hexdigest())
     for e, entry in enumerate(doc["entry"]):
         entry_time = entry.get("time") if isinstance(entry.get("time"), int) else None
         for c, change in enumerate(entry["changes"]):
             if not isinstance(change, dict) or not isinstance(change.get("field"), str):
-                batch.rejected.append((f"entry[{e}].changes[{c}] has no field", change))
+                at = origin.position if origin else Position(e, c)
+                alone = _envelope(entry, change, Position(e, c))
+                batch.rejected.append(Rejected("change has no field", change, at, alone))
                 continue
             value = change.get("value")
             metadata = value.get("metadata") if isinstance(value, dict) else None
@@ -385,20 +485,48 @@ def split_webhook(raw: bytes, received_at: float) -> Batch:
                 "received_at": received_at,
                 "payload_sha256": batch.sha256,
             }
-            for update, build in _updates(base, value, f"{e}.{c}", entry_time):
+            for position, update, build in _updates(base, value, e, c, entry_time):
+                at = origin.position if origin else position
                 try:
-                    batch.events.append(build())
-                except (BadUpdate, ValidationError) as exc:
-                    batch.rejected.append((_reason(exc), update))
-                except (TypeError, ValueError, AttributeError, KeyError) as exc:
-                    # A shape no rule above foresaw: set this update aside with a reason, keep the rest.
-                    logger.exception("ingest_raw: unforeseen update shape in payload %s", batch.sha256[:12])
-                    batch.rejected.append((f"unreadable update: {type(exc).__name__}: {exc}", update))
+                    if nesting_exceeds(update, MAX_DEPTH):
+                        raise BadUpdate(f"nested more than {MAX_DEPTH} levels deep")
+                    event = build(at)
+                    wire = event.model_dump(mode="json", exclude_none=True)
+                except Exception as exc:  # noqa: BLE001 - whatever it is, it belongs to this update alone
+                    reason = _reason(exc)
+                    if not isinstance(exc, (BadUpdate, ValidationError)):
+                        logger.warning("ingest_raw: payload %s: %s raised %s", batch.sha256[:12], at,
+                                       type(exc).__name__)
+                    batch.rejected.append(Rejected(reason, update, at, _envelope(entry, change, position, update)))
+                    continue
+                batch.events.append(event)
+                batch.wire.append(wire)
     return batch
 
 
 def _reason(exc: Exception) -> str:
-    return describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+    """Why an update was set aside, in words that quote nothing of it."""
+    if isinstance(exc, ValidationError):
+        return describe_validation_error(exc)
+    if isinstance(exc, BadUpdate):
+        return str(exc)
+    return f"unreadable update ({type(exc).__name__})"  # a shape no rule foresaw: its text may quote it
+
+
+def _envelope(entry: dict[str, Any], change: Any, position: Position, update: Any = None) -> dict[str, Any]:
+    """A webhook that holds one update alone, with what reading it needs: its entry's id and time,
+    its change's field and the value's metadata and, for a message, its sender's card."""
+    head = {k: v for k, v in entry.items() if k != "changes"}
+    if position.key is not None and isinstance(change, dict) and isinstance(change.get("value"), dict):
+        value = change["value"]
+        kept = {k: v for k, v in value.items() if k not in (*LISTS, "contacts")}
+        if position.key == "messages" and isinstance(update, dict):
+            card = _card(value, _str(update.get("from")), _str(update.get("from_user_id")))
+            if card is not None:
+                kept["contacts"] = [card]
+        kept[position.key] = update if position.index is None else [update]
+        change = {**{k: v for k, v in change.items() if k != "value"}, "value": kept}
+    return {"object": "whatsapp_business_account", "entry": [{**head, "changes": [change]}]}
 
 
 def media_job(event: NormalizedEvent) -> dict[str, Any]:
@@ -451,30 +579,53 @@ MEDIA_TASK = "waflow.media.record_media"
 
 
 @stage_task(name="waflow.ingestor.ingest_raw", queue=queues.INCOMING_RAW)
-def ingest_raw(body: str, received_at: float) -> int:
-    """Split one raw webhook into normalized events and media jobs; return how many events."""
+def ingest_raw(body: str, received_at: float, payload_sha256: str | None = None,
+               position: dict[str, Any] | None = None) -> int:
+    """Split one raw webhook into normalized events and media jobs; return how many events.
+
+    ``payload_sha256`` and ``position``: ``body`` is the one-update webhook of a dead letter being
+    replayed, cut from the body stored under that key (which is not stored again)."""
     # The gateway sent the bytes as text with undecodable bytes escaped; this restores them exactly.
     raw = body.encode("utf-8", "surrogateescape")
+    origin = Origin(payload_sha256, Position.from_json(position)) if payload_sha256 and position else None
     try:
-        batch = split_webhook(raw, received_at)
+        batch = split_webhook(raw, received_at, origin)
     except NotAWebhook as exc:
         logger.warning("ingest_raw: not a WhatsApp webhook (%s), dead-lettered", exc)
         records.publish(celery_app, records.input_record(
             task=ingest_raw.name, task_id=ingest_raw.request.id, queue=queues.INCOMING_RAW, reason=str(exc),
-            error_type="NotAWebhook", args=[body, received_at], received_at=received_at))
+            error_type="NotAWebhook", args=[body, received_at], received_at=received_at,
+            key=f"body:{hashlib.sha256(raw).hexdigest()}"))
         return 0
-    with transaction() as conn:
-        store_payload(conn, raw, batch.sha256, received_at)
-    for event in batch.events:
-        dispatch(NORMALIZED_TASK, (event.model_dump(mode="json", exclude_none=True),))
+    if origin is None:
+        with transaction() as conn:
+            store_payload(conn, raw, batch.sha256, received_at)
+    for wire in batch.wire:
+        dispatch(NORMALIZED_TASK, (wire,))
     for job in batch.media_jobs:
         dispatch(MEDIA_TASK, (job,))
     _debit_inbound(batch)
-    for n, (reason, update) in enumerate(batch.rejected):
-        # Replaying the record re-ingests the whole body: what was stored stays stored once.
-        logger.warning("ingest_raw: payload %s: unreadable update (%s), dead-lettered", batch.sha256[:12], reason)
-        records.publish(celery_app, records.input_record(
-            task=ingest_raw.name, task_id=ingest_raw.request.id, queue=queues.INCOMING_RAW, reason=reason,
-            error_type="BadUpdate", args=[body, received_at], received_at=received_at, position=f"update-{n}",
-            detail=json.dumps(update, ensure_ascii=False, default=str)))
+    for rejected in batch.rejected:
+        logger.warning("ingest_raw: payload %s: %s set aside (%s), dead-lettered", batch.sha256[:12],
+                       rejected.position, rejected.reason)
+        records.publish(celery_app, rejected_record(rejected, batch.sha256, received_at, ingest_raw.request.id))
     return len(batch.events)
+
+
+def rejected_record(rejected: Rejected, payload_sha256: str, received_at: float,
+                    task_id: str | None) -> dict[str, Any]:
+    """The dead-letter record of one update set aside: the update in a webhook of its own, replayed
+    with its origin (the stored body's key and its position there), keyed by that origin so that
+    setting it aside again updates this record."""
+    where = f"{rejected.position} of the body stored in webhook_payloads as {payload_sha256}"
+    try:
+        args: list[Any] | None = [json.dumps(rejected.envelope, ensure_ascii=False, separators=(",", ":")),
+                                  received_at]
+        kwargs = {"payload_sha256": payload_sha256, "position": rejected.position.to_json()}
+    except (TypeError, ValueError, RecursionError):
+        # Nested past what the JSON encoder writes: not replayable; the stored body still has it.
+        args, kwargs, where = None, {}, where + " (too deeply nested to copy here)"
+    return records.input_record(
+        task=ingest_raw.name, task_id=task_id, queue=queues.INCOMING_RAW, error_type="BadUpdate",
+        reason=f"{rejected.position}: {rejected.reason}", args=args, kwargs=kwargs, received_at=received_at,
+        key=f"update:{payload_sha256}:{rejected.position}", detail=where)

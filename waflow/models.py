@@ -162,9 +162,10 @@ class WebhookEvent(Base):
 class DeadLetter(Base):
     """What failed for good, kept for a person to inspect and replay (``waflow.dlq``).
 
-    One row per failed task run (``key``: its task id, or task id and position for a single
-    update set aside by the ingestor). The failure handler's record and the broker's
-    dead-lettered copy of the same message merge into the one row. Holds client content:
+    One row per failed task run (``key``: its task id), or per input the ingestor set aside
+    (``key``: the body's SHA-256, with the update's position for a single update), which a
+    redelivery or a replay that fails again updates. The failure handler's record and the
+    broker's dead-lettered copy of the same message merge into the one row. Holds client content:
     see docs/reliability.md for who may read it and how long it is kept."""
 
     __tablename__ = "dead_letters"

@@ -6,10 +6,14 @@ defaults in one place:
 
 - ``acks_late``: a task acknowledges only after it ran; every stage is idempotent
   (the database judges "already done"), so redelivery after a crash is safe.
-- the retry policy (below, the one place it is defined): ``autoretry_for``
-  transient errors only (database unreachable, HTTP timeouts and 5xx), 3 retries
-  with exponential backoff and a bounded jitter; permanent errors are never
-  retried; broker errors hand the message back to the broker instead.
+- the retry policy (below, the one place it is defined): transient errors only
+  (database unreachable, a serialization failure or deadlock, HTTP timeouts and
+  5xx; a database error is judged by its SQLSTATE, not its class), 3 retries with
+  exponential backoff and a bounded jitter; permanent errors are never retried;
+  broker errors hand the message back to the broker instead.
+- another library's error leaves a task as a ``StageFailure`` (``waflow.failures``)
+  that names its type and SQLSTATE, never its text: a driver quotes the values it
+  was given, and Celery logs, and Flower shows, what a task raised.
 - what fails for good is rejected to the broker's dead-letter exchange after the
   failure handler has published a dead-letter record (``docs/reliability.md``).
 - the wire name and the queue are pinned on every task, so a rename shows.
@@ -21,17 +25,18 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import sqlite3
 import time
 from typing import Any, Callable
 
 import amqp.exceptions
 import requests
 from celery import Celery, Task, signals
-from celery.exceptions import Reject
+from celery.exceptions import Reject, TaskPredicate
 from kombu import exceptions as kombu_exc
 from sqlalchemy import exc as sa_exc
 
-from waflow import stages
+from waflow import failures, stages
 from waflow.db import dispose_engines, transaction
 from waflow.dlq import records
 from waflow.limiter import LimiterUnavailable
@@ -77,7 +82,9 @@ class TransientError(Exception):
 
 # Errors that may pass by themselves: a dropped, refused or timed-out database connection,
 # an HTTP call that timed out or could not connect, a 5xx (wrapped in TransientError), the send
-# limiter's store out of reach.
+# limiter's store out of reach. A database error of these classes is transient only if
+# is_transient() says so (its SQLSTATE, or SQLite's "database is locked"): SQLAlchemy reports
+# PostgreSQL's program limits (an index row too large) as OperationalError too.
 # Anything else is permanent (bad input, a 4xx that will not change) and never retried.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     sa_exc.OperationalError,
@@ -90,6 +97,46 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     TransientError,
     LimiterUnavailable,
 )
+# PostgreSQL errors (SQLSTATE, appendix A of its manual) that may pass by themselves: connection
+# exceptions (class 08), insufficient resources (53: too many connections, out of memory or disk),
+# the server shutting down or starting (57P01-57P05), a lock not available (55P03), a statement
+# cancelled (57014), a serialization failure (40001) and a deadlock (40P01), which PostgreSQL asks
+# the client to retry. Every other SQLSTATE is permanent: data exceptions (22), integrity
+# violations (23), program limits (54), a statement the schema refuses (42)...
+TRANSIENT_SQLSTATE_CLASSES = ("08", "53")
+TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05", "55P03", "57014", "40001", "40P01"})
+# SQLite: busy or locked (another writer past busy_timeout) may pass; anything else is permanent.
+SQLITE_TRANSIENT_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True if ``exc`` may pass by itself and its task should be retried (the policy above)."""
+    if isinstance(exc, failures.StageFailure):
+        return isinstance(exc, failures.TransientFailure)
+    if isinstance(exc, sa_exc.DBAPIError):
+        return _transient_database_error(exc)
+    return isinstance(exc, TRANSIENT_ERRORS)
+
+
+def _transient_database_error(exc: sa_exc.DBAPIError) -> bool:
+    if exc.connection_invalidated:  # SQLAlchemy recognised a lost connection
+        return True
+    state = failures.sqlstate(exc)
+    if state:
+        return state[:2] in TRANSIENT_SQLSTATE_CLASSES or state in TRANSIENT_SQLSTATES
+    if isinstance(exc.orig, sqlite3.Error):
+        code = getattr(exc.orig, "sqlite_errorcode", None)
+        if isinstance(code, int):
+            return code & 0xFF in SQLITE_TRANSIENT_CODES  # the primary code of an extended one
+        return "database is locked" in str(exc.orig)
+    # No SQLSTATE: the driver failed on the client side (refused, reset, closed), before or after
+    # the server had a say.
+    return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
+
+
+# What autoretry catches: a foreign error judged transient arrives as a TransientFailure; waflow's
+# own transient errors arrive as themselves.
+RETRIED: tuple[type[BaseException], ...] = (failures.TransientFailure, TransientError, LimiterUnavailable)
 MAX_RETRIES = 3
 # Waits of 3, 6 and 12 s (Celery's autoretry: factor x 2^n), each stretched by up to JITTER and
 # never shortened: together 21 to 26 s, which rides out a 10-second database outage with room to
@@ -178,6 +225,12 @@ class StageTask(Task):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         delivery = self.request.delivery_info or {}
         self.request.delivery_count = 0
+        # Celery's failure line shows argsrepr, else the arguments themselves (a message published
+        # without one, a task applied in-process): give it the redacted form.
+        if getattr(self.request, "argsrepr", None) is None:
+            self.request.argsrepr = describe_args(args)
+        if getattr(self.request, "kwargsrepr", None) is None:
+            self.request.kwargsrepr = describe_kwargs(kwargs)
         if delivery.get("redelivered") and self.request.id:
             self._guard_redelivery()
         return super().__call__(*args, **kwargs)
@@ -187,8 +240,9 @@ class StageTask(Task):
         try:
             with transaction() as conn:
                 count = records.count_redelivery(conn, self.request.id)
-        except TRANSIENT_ERRORS as exc:
-            # The database is away: the task body will meet that too and retry; count next time.
+        except (sa_exc.SQLAlchemyError, *TRANSIENT_ERRORS) as exc:
+            # The database is away (or refused the count): the task body will meet that too and retry
+            # or fail; count next time.
             logger.warning("%s[%s]: redelivery not counted (%s)", self.name, self.request.id, type(exc).__name__)
             return
         self.request.delivery_count = count
@@ -196,8 +250,11 @@ class StageTask(Task):
             raise Reject(f"redelivered {count} times: the message keeps killing its worker", requeue=False)
 
     def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[override]
+        # A foreign error's description (its type and SQLSTATE); of waflow's own, the type only (a
+        # TransientError carries Meta's reason).
+        said = failures.describe(exc) if isinstance(exc, failures.StageFailure) else type(exc).__name__
         logger.warning("%s[%s] retry %d of %d after %s", self.name, task_id, self.request.retries + 1,
-                       self.max_retries, type(exc).__name__)
+                       self.max_retries, said)
 
 
 @signals.task_failure.connect
@@ -218,7 +275,7 @@ def _dead_letter_what_failed(sender: Task | None = None, task_id: str | None = N
     request = sender.request
     queue = (request.delivery_info or {}).get("routing_key") or sender.queue
     logger.error("%s[%s] failed for good after %d retries (%s): dead-lettered", sender.name, task_id,
-                 request.retries or 0, type(exception).__name__)
+                 request.retries or 0, failures.error_type(exception))
     try:
         records.publish(celery_app, records.failure_record(
             task=sender.name, task_id=task_id, queue=queue, exc=exception, args=args, kwargs=kwargs,
@@ -248,7 +305,7 @@ def stage_task(*, name: str, queue: str, prepare_replay: Callable[..., Any] | No
     options.setdefault("retry_on_worker_lost", True)
     options.setdefault("default_retry_delay", BACKOFF_FACTOR)
     options.setdefault("ignore_result", True)
-    options.setdefault("autoretry_for", TRANSIENT_ERRORS)
+    options.setdefault("autoretry_for", RETRIED)
     options.setdefault("max_retries", MAX_RETRIES)
     options.setdefault("retry_backoff", BACKOFF_FACTOR)
     options.setdefault("retry_backoff_max", int(MAX_COUNTDOWN))
@@ -266,6 +323,14 @@ def stage_task(*, name: str, queue: str, prepare_replay: Callable[..., Any] | No
                                name, type(exc).__name__, pause)
                 time.sleep(pause)
                 raise Reject(exc, requeue=True) from exc
+            except TaskPredicate:  # Celery's own retry, ignore and reject
+                raise
+            except Exception as exc:
+                if failures.speaks_safely(exc):
+                    raise
+                # Its text may quote a client: it leaves as its type, keeping its traceback's frames.
+                kind = failures.TransientFailure if is_transient(exc) else failures.PermanentFailure
+                raise kind.of(exc).with_traceback(exc.__traceback__) from None
 
         options.setdefault("base", StageTask)
         if prepare_replay is not None:

@@ -27,10 +27,11 @@ import sqlalchemy as sa
 from kombu import Connection
 from kombu.mixins import ConsumerMixin
 
+from waflow import failures
 from waflow.db import insert, transaction
 from waflow.dlq.records import DEAD_LETTER_QUEUE, RECORD_KIND, iso
 from waflow.models import DeadLetter, DeadLetterReplay, Redelivery
-from waflow.tasks import TRANSIENT_ERRORS, celery_app
+from waflow.tasks import celery_app, is_transient
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,11 @@ _FILLED_IN = ("task", "task_id", "args", "kwargs", "error_type", "traceback", "d
 
 
 def store(conn: sa.Connection, values: dict[str, Any]) -> None:
-    """Insert a dead letter, or merge a second message about the same failure into its row."""
+    """Insert a dead letter, or merge a second message about the same failure into its row.
+
+    A handler's record for a row that was replayed means the replay failed again (the ingestor keys
+    what it sets aside by the input, not the run): the row takes the new failure's values and is
+    ``dead`` again, keeping its first failure time and its replay history."""
     row = {c: values.get(c) for c in ("key", "queue", "task", "task_id", "args", "kwargs", "error_type",
                                       "error_message", "traceback", "detail", "retries", "source",
                                       "broker_reason", "raw")}
@@ -111,7 +116,12 @@ def store(conn: sa.Connection, values: dict[str, Any]) -> None:
     stmt = insert(conn.dialect.name, DeadLetter).values(**row, status="dead", replay_count=0,
                                                         recorded_at=datetime.now(timezone.utc))
     table = DeadLetter.__table__
-    merge = {c: sa.func.coalesce(table.c[c], stmt.excluded[c]) for c in _FILLED_IN}
+    failed_again = sa.and_(table.c.status == "replayed", stmt.excluded.source == "handler")
+    merge: dict[str, Any] = {c: sa.case((failed_again, stmt.excluded[c]),
+                                        else_=sa.func.coalesce(table.c[c], stmt.excluded[c]))
+                             for c in _FILLED_IN if c != "first_failed_at"}
+    merge["first_failed_at"] = sa.func.coalesce(table.c.first_failed_at, stmt.excluded.first_failed_at)
+    merge["status"] = sa.case((failed_again, "dead"), else_=table.c.status)
     # The handler's record says more than the broker's copy: its message wins.
     merge["error_message"] = sa.case((stmt.excluded.source == "handler", stmt.excluded.error_message),
                                      else_=table.c.error_message)
@@ -155,15 +165,18 @@ class Recorder(ConsumerMixin):
             try:
                 with transaction(self.database_url) as conn:
                     store(conn, values)
-            except TRANSIENT_ERRORS as exc:
-                # Not acknowledged: the message stays in the queue until its row is committed.
-                logger.warning("dlq recorder: database unavailable (%s), retrying in %.0fs", type(exc).__name__, wait)
-                time.sleep(wait)
-                wait = min(self.MAX_BACKOFF, wait * 2)
-                continue
             except sa.exc.SQLAlchemyError as exc:
+                if is_transient(exc):
+                    # Not acknowledged: the message stays in the queue until its row is committed.
+                    logger.warning("dlq recorder: database unavailable (%s), retrying in %.0fs",
+                                   type(exc).__name__, wait)
+                    time.sleep(wait)
+                    wait = min(self.MAX_BACKOFF, wait * 2)
+                    continue
                 if values.get("source") == "unstorable":
-                    raise  # even the escaped form is refused: stop, loudly, with the message kept
+                    # Even the escaped form is refused: stop, loudly, with the message kept (and the
+                    # database's text, which quotes the row, kept out of the log).
+                    raise failures.PermanentFailure.of(exc).with_traceback(exc.__traceback__) from None
                 # The database refuses it as it came (a NUL, JSON it will not take): keep it escaped.
                 logger.error("dlq recorder: %s refused as it came (%s); kept escaped", values["key"],
                              type(exc).__name__)
@@ -182,7 +195,7 @@ class Recorder(ConsumerMixin):
                     gone = expire(conn, self.retention)
                 if gone:
                     logger.info("dlq recorder: deleted %d dead letter(s) past the retention period", gone)
-            except TRANSIENT_ERRORS as exc:
+            except sa.exc.SQLAlchemyError as exc:
                 logger.warning("dlq recorder: retention sweep skipped (%s)", type(exc).__name__)
 
 

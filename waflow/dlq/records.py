@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from celery import Celery
 
-from waflow import queues
+from waflow import failures, queues
 from waflow.db import insert
 from waflow.models import Redelivery
 
@@ -51,21 +51,27 @@ def _record(*, key: str, queue: str, task: str | None, task_id: str | None, args
 
 def failure_record(*, task: str, task_id: str, queue: str, exc: BaseException, args: Any, kwargs: Any,
                    retries: int, first_failed_at: float | None, traceback_text: str | None) -> dict[str, Any]:
-    """The record of a task run that failed for good."""
+    """The record of a task run that failed for good. Its message names the error, never quotes it
+    (``waflow.failures``); the original error's text, which may, goes to ``detail``."""
     reason = getattr(exc, "reason", None)
     if isinstance(reason, BaseException):  # Celery's Reject wraps the error that caused it
         exc = reason
     text = traceback_text or "".join(traceback_module.format_exception(exc))
+    message = reason if isinstance(reason, str) and failures.speaks_safely(exc) else failures.describe(exc)
     return _record(key=task_id, queue=queue, task=task, task_id=task_id, args=args, kwargs=kwargs,
-                   error_type=type(exc).__name__, error_message=str(reason if isinstance(reason, str) else exc),
-                   traceback=text, retries=retries, first_failed_at=first_failed_at)
+                   error_type=failures.error_type(exc), error_message=message, traceback=text, retries=retries,
+                   first_failed_at=first_failed_at, detail=failures.original_text(exc))
 
 
 def input_record(*, task: str, task_id: str | None, queue: str, reason: str, error_type: str, args: Any,
-                 received_at: float | None, position: str = "", detail: str | None = None) -> dict[str, Any]:
-    """The record of input a task set aside itself (a body that is not a webhook, one unreadable update)."""
-    key = f"{task_id}:{position}" if task_id else f"input:{uuid.uuid4()}"
-    return _record(key=key, queue=queue, task=task, task_id=task_id, args=args, kwargs={}, error_type=error_type,
+                 received_at: float | None, key: str | None = None, kwargs: dict[str, Any] | None = None,
+                 detail: str | None = None) -> dict[str, Any]:
+    """The record of input a task set aside itself (a body that is not a webhook, one unreadable update).
+
+    ``key`` names the input, not the run (``update:<payload>:<position>``): the same input set aside
+    again, by a redelivery or a replay that fails again, updates its record instead of adding one."""
+    key = key or (f"{task_id}:" if task_id else f"input:{uuid.uuid4()}")
+    return _record(key=key, queue=queue, task=task, task_id=task_id, args=args, kwargs=kwargs, error_type=error_type,
                    error_message=reason, received_at=received_at, detail=detail)
 
 
