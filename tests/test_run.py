@@ -224,6 +224,7 @@ def test_ctrl_c_stops_every_process_cleanly_within_honchos_grace(stopped_and_res
     stopped = dict(re.findall(r"(\w+)\.1 stopped \(rc=(-?\d+)\)", out))
     assert stopped == {name: "0" for name in PROCESSES}, out[-6000:]
     assert "exited with 'signal" not in out, out[-6000:]
+    assert "No hostname was supplied" not in out  # kombu's warning, once for every broker connection
     assert run.proc.returncode == 130  # honcho's exit status after SIGINT
     assert run.stop_seconds < 10
     # Nothing of the stack outlives honcho: not a Procfile line, not a prefork child (each in a group of its own).
