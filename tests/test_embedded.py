@@ -181,6 +181,19 @@ def test_an_auto_delete_queue_is_removed_with_its_messages_once_its_owner_was_ki
         _end(dead, alive)
 
 
+def test_a_message_routed_to_a_removed_queue_a_moment_too_late_is_deleted_by_the_next_sweep(tmp_path):
+    dead = _owner(tmp_path, "celeryev.gone")
+    _end(dead)
+    _declare_auto_delete(tmp_path, "celeryev.first-sweep")
+    assert "celeryev.gone" not in _table(tmp_path, "celeryev")
+    # A publisher that read the table before the queue was unbound writes its message after the purge.
+    with Connection("embedded://", transport_options=_options(tmp_path)) as conn:
+        conn.channel()._put("celeryev.gone", {"body": "late"})
+    assert len(_queue_files(tmp_path, "celeryev.gone")) == 1
+    _declare_auto_delete(tmp_path, "celeryev.second-sweep")
+    assert _queue_files(tmp_path, "celeryev.gone") == []
+
+
 def test_a_queue_declared_again_by_a_live_process_stays_when_its_earlier_owner_dies(tmp_path):
     # A worker restarted under the same name declares the same pidbox queue as the one it replaces.
     earlier = _owner(tmp_path, "core@host.celery.pidbox")

@@ -6,6 +6,9 @@ its own) and, 5 seconds after the first line has stopped (``honcho.manager.KILL_
 whatever is left. A SIGKILLed worker on the embedded broker loses the messages it held, so every process
 must be gone by then, and every webhook answered 200 must reach the database once the stack is back.
 
+While the second run is up, the README's second-terminal commands run as a new user types them: in a
+fresh environment, after ``PORT=… SIMULATOR_PORT=… bin/run``.
+
 One module fixture does it all once (two starts, two Ctrl-Cs, about 30 s) and the tests read its record.
 """
 from __future__ import annotations
@@ -27,6 +30,7 @@ import pytest
 import requests
 
 from support import ROOT, compact, free_port, sign, text_webhook, wait_for
+from test_readme import shell_blocks
 from waflow.config import SECRET
 
 PROCESSES = ("web", "ingestor", "core", "media", "flower", "deadletter", "sender", "meta")
@@ -137,6 +141,28 @@ class Stack:
         return [n for n in os.listdir(self.var_dir / "broker" / "queue") if n.endswith(f".{queue}.msg")]
 
 
+def readme_second_terminal(stack: Stack) -> dict[str, subprocess.CompletedProcess]:
+    """Run the README's "Run it" blocks that follow bin/run, each as written, in a fresh terminal's environment
+    (no PORT, no SIMULATOR_PORT: only WAFLOW_VAR_DIR, which the README says to set when bin/run had it). The
+    blocks after the README's line that exports the stack's ports (before the curl block) run after it too,
+    as in the terminal where it was typed."""
+    run_it = README_RUN_IT.search((ROOT / "README.md").read_text()).group(0)
+    blocks = {key: next(b for b in shell_blocks(run_it) if marker in b) for key, marker in (
+        ("sample-webhook", "bin/flask sample-webhook"), ("curl", "curl -i"), ("send", "bin/flask send 1555"))}
+    export = re.search(r"`(set -a; [^`]+; set \+a)`", run_it).group(1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(NOT_INHERITED)}
+    env["WAFLOW_VAR_DIR"] = str(stack.var_dir)
+    results = {}
+    for key, block in blocks.items():
+        script = f"{export}\n{block}" if key != "sample-webhook" else block
+        results[key] = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=ROOT, env=env,
+                                      capture_output=True, text=True, timeout=90)
+    return results
+
+
+README_RUN_IT = re.compile(r"^## Run it$.*?(?=^## )", flags=re.M | re.S)
+
+
 class Poster(threading.Thread):
     """Posts signed one-message webhooks back to back; remembers the wamids answered 200."""
 
@@ -199,6 +225,12 @@ def stopped_and_restarted(tmp_path_factory):
             lambda: [q for q in stack.event_queues() if q not in stack.first_flower_queues], 30,
             what="the second Flower's event queue")
         stack.left_after_restart = stack.event_queues()
+        stack.readme = readme_second_terminal(stack)
+        # An operator's `celery inspect` declares a reply queue (auto-delete) like any process starting: a sweep.
+        stack.ping = subprocess.run([str(ROOT / ".venv" / "bin" / "celery"), "-A", "waflow", "inspect", "ping",
+                                     "--timeout", "2"], cwd=ROOT, env=stack.env, capture_output=True, text=True,
+                                    timeout=60)
+        stack.first_queue_files = stack.queue_files(stack.first_flower_queues[0])
         try:
             wait_for(lambda: stack.stored(stack.acknowledged) == len(stack.acknowledged), 60, interval=0.5,
                      what="every acknowledged webhook stored")
@@ -243,4 +275,17 @@ def test_the_first_flowers_event_queue_is_gone_once_the_stack_starts_again(stopp
     [first] = stack.first_flower_queues
     assert first not in stack.left_after_restart
     assert len(stack.left_after_restart) == 1
-    assert stack.queue_files(first) == []
+    assert stack.first_queue_files == []
+    # The sweeps left the live workers' control queues alone: each answers.
+    assert all(f"{name}@" in stack.ping.stdout for name in WORKERS), stack.ping.stdout + stack.ping.stderr
+
+
+def test_the_readmes_second_terminal_commands_find_a_stack_started_on_other_ports(stopped_and_restarted):
+    done = stopped_and_restarted.readme
+    report = {k: (r.returncode, r.stdout[-1500:], r.stderr[-1500:]) for k, r in done.items()}
+    assert all(r.returncode == 0 for r in done.values()), report
+    assert f":{stopped_and_restarted.port}/webhooks/whatsapp -> 200 OK" in done["sample-webhook"].stdout
+    assert "stored: messages.id=" in done["sample-webhook"].stdout
+    assert "HTTP/1.1 200" in done["curl"].stdout
+    assert "accepted (wamid." in done["send"].stdout and '"to": "15551234567"' in done["send"].stdout
+    assert not any("No hostname" in r.stderr for r in done.values())

@@ -21,7 +21,8 @@ stock ``filesystem://`` where several processes sharing one folder meet:
   (or exclusive) queue holds a lock on an owner file for as long as it lives; the
   kernel releases the lock when the process ends, however it ends. Whenever a
   process declares such a queue, queues whose owners are all gone are unbound and
-  their messages deleted: a stopped Flower's queue is gone by the next start.
+  their messages deleted: a stopped Flower's queue is gone by the next start (and a
+  message routed to it in that moment, by the sweep after).
 - **A stopping worker stops polling at once** (``stop_polling``): the worker's loop
   otherwise waits out a whole 2-second poll before it sees the shutdown.
 - **No hostname**: the filesystem has none, so kombu is not told to "revert to
@@ -51,14 +52,18 @@ logger = logging.getLogger(__name__)
 
 SCHEME = "embedded"
 
+# How long a removed auto-delete queue's messages are deleted again by later sweeps (a publish routed to it
+# just before it was unbound may land after).
+TOMBSTONE_SECONDS = 600
 # How long a reader retries a table it cannot parse (one written in place by stock kombu, say) before failing.
 TABLE_READ_ATTEMPTS = 5
 TABLE_READ_PAUSE = 0.02
 
 Binding = filesystem.exchange_queue_t
 
-# This process's auto-delete queues: queue name -> (owner file, its descriptor, which holds the lock).
-_owned: dict[str, tuple[Path, int]] = {}
+# This process's auto-delete queues: (owners folder, queue name) -> (owner file, its descriptor, which holds
+# the lock).
+_owned: dict[tuple[Path, str], tuple[Path, int]] = {}
 _stopping = False
 
 
@@ -202,7 +207,7 @@ class Channel(filesystem.Channel):
         return folder
 
     def _new_queue(self, queue, auto_delete=False, exclusive=False, **kwargs):
-        if (auto_delete or exclusive) and queue not in _owned:
+        if (auto_delete or exclusive) and (self._owners_folder, queue) not in _owned:
             with _locked(self._owners_folder / ".sweep"):
                 self._sweep_orphans()
                 self._own(queue)
@@ -214,10 +219,14 @@ class Channel(filesystem.Channel):
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.write(fd, queue.encode())
-        _owned[queue] = (path, fd)
+        _owned[(self._owners_folder, queue)] = (path, fd)
 
     def _sweep_orphans(self) -> None:
-        """Remove every auto-delete queue whose owners have all stopped: its bindings and its messages."""
+        """Remove every auto-delete queue whose owners have all stopped: its bindings and its messages.
+
+        A publisher that read the table just before the queue was unbound may still be writing a message to
+        it: a removed queue's owner files become tombstones (``.removed``), and each later sweep deletes the
+        queue's messages again, until the tombstone is ``TOMBSTONE_SECONDS`` old."""
         live: set[str] = set()
         dead: dict[str, list[Path]] = {}
         for path in self._owners_folder.glob("*.owner"):
@@ -237,12 +246,25 @@ class Channel(filesystem.Channel):
                 dead.setdefault(queue, []).append(path)
             finally:
                 os.close(fd)
-        for queue, paths in dead.items():
+        for tombstone in self._owners_folder.glob("*.removed"):
+            try:
+                queue, age = tombstone.read_text(), time.time() - tombstone.stat().st_mtime
+            except FileNotFoundError:
+                continue
             if queue not in live:
-                self._remove_queue(queue)
-                logger.info("embedded broker: removed queue %s, whose owners have stopped", queue)
+                self._purge(queue)
+            if age > TOMBSTONE_SECONDS:
+                tombstone.unlink(missing_ok=True)
+        for queue, paths in dead.items():
+            if queue in live:  # declared again by a live process (a worker restarted under its name)
+                for path in paths:
+                    path.unlink(missing_ok=True)
+                continue
+            self._remove_queue(queue)
+            logger.info("embedded broker: removed queue %s, whose owners have stopped", queue)
             for path in paths:
-                path.unlink(missing_ok=True)
+                os.utime(path)
+                path.rename(path.with_suffix(".removed"))
 
     def _remove_queue(self, queue: str) -> None:
         """Unbind ``queue`` from every exchange and delete its messages."""
@@ -256,7 +278,7 @@ class Channel(filesystem.Channel):
 
     def queue_delete(self, queue, if_unused=False, if_empty=False, **kwargs):
         super().queue_delete(queue, if_unused=if_unused, if_empty=if_empty, **kwargs)
-        owned = _owned.pop(queue, None)
+        owned = _owned.pop((self._owners_folder, queue), None)
         if owned is not None:
             path, fd = owned
             path.unlink(missing_ok=True)
