@@ -23,7 +23,7 @@ import subprocess
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -64,14 +64,12 @@ class Run:
     proc: subprocess.Popen
     output: str = ""
     stop_seconds: float | None = None
-    pids: dict[str, int] = field(default_factory=dict)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
     def ctrl_c(self, timeout: float = 40) -> None:
         """SIGINT to bin/run's process group, as a terminal's Ctrl-C; wait for honcho to exit."""
-        self.pids = {name: int(pid) for name, pid in re.findall(r"(\w+)\.1 started \(pid=(\d+)\)", self.text())}
         started = time.monotonic()
         os.killpg(self.proc.pid, signal.SIGINT)
         try:
@@ -80,11 +78,15 @@ class Run:
             self.stop_seconds = time.monotonic() - started
             self.output = self.text()
 
-    def kill_leftovers(self) -> None:
-        """After a failure: leave no process behind (honcho, and every Procfile line's group)."""
-        for pgid in (self.proc.pid, *self.pids.values()):
+    def kill_leftovers(self, var_dir: Path) -> None:
+        """After a failure: leave no process behind (honcho, and everything that inherited the run's folder)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for pid in _processes_with(f"WAFLOW_VAR_DIR={var_dir}"):
             try:
-                os.killpg(pgid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
@@ -141,6 +143,9 @@ class Stack:
         return [n for n in os.listdir(self.var_dir / "broker" / "queue") if n.endswith(f".{queue}.msg")]
 
 
+README_RUN_IT = re.compile(r"^## Run it$.*?(?=^## )", flags=re.M | re.S)
+
+
 def readme_second_terminal(stack: Stack) -> dict[str, subprocess.CompletedProcess]:
     """Run the README's "Run it" blocks that follow bin/run, each as written, in a fresh terminal's environment
     (no PORT, no SIMULATOR_PORT: only WAFLOW_VAR_DIR, which the README says to set when bin/run had it). The
@@ -158,9 +163,6 @@ def readme_second_terminal(stack: Stack) -> dict[str, subprocess.CompletedProces
         results[key] = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=ROOT, env=env,
                                       capture_output=True, text=True, timeout=90)
     return results
-
-
-README_RUN_IT = re.compile(r"^## Run it$.*?(?=^## )", flags=re.M | re.S)
 
 
 class Poster(threading.Thread):
@@ -242,8 +244,11 @@ def stopped_and_restarted(tmp_path_factory):
     finally:
         for run in stack.runs:
             if run.proc.poll() is None:
-                run.ctrl_c()
-            run.kill_leftovers()
+                try:
+                    run.ctrl_c()
+                except subprocess.TimeoutExpired:
+                    pass
+            run.kill_leftovers(stack.var_dir)
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["first run", "second run"])
@@ -261,6 +266,7 @@ def test_ctrl_c_stops_every_process_cleanly_within_honchos_grace(stopped_and_res
     assert run.stop_seconds < 10
     # Nothing of the stack outlives honcho: not a Procfile line, not a prefork child (each in a group of its own).
     assert _processes_with(f"WAFLOW_VAR_DIR={stopped_and_restarted.var_dir}") == []
+
 
 def test_every_webhook_answered_200_before_ctrl_c_is_stored_after_the_next_start(stopped_and_restarted):
     stack = stopped_and_restarted
