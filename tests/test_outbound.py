@@ -132,6 +132,7 @@ def test_a_recipient_is_kept_in_international_form_and_a_leading_zero_gets_the_c
     ("12345", "has 5 digits"),
     ("+1234567890123456", "has 16 digits"),
     ("0062 812 3456 7890", "starts with 00"),
+    ("+0812 3456 7890", "a 0 after its \\+"),
     ("٠٨١٢٣٤٥٦٧٨٩", "not a phone number"),  # digits, but not ASCII ones
 ])
 def test_a_recipient_that_is_no_number_is_refused_without_being_quoted(given, reason):

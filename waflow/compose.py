@@ -48,6 +48,8 @@ def normalize_recipient(recipient: str, country_code: int) -> str:
     if not digits.isascii() or not digits.isdigit():
         raise InvalidCommand("the recipient is not a phone number or a business-scoped user id "
                              "(digits, optionally after a +, or an id such as US.13491208655302741918)")
+    if plus and digits.startswith("0"):
+        raise InvalidCommand("the recipient has a 0 after its +: a country code never begins with 0")
     if not plus and digits.startswith("00"):
         raise InvalidCommand("the recipient starts with 00: write the number as + and its country code")
     if not plus and digits.startswith("0"):

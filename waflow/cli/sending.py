@@ -93,12 +93,13 @@ def send(to, text, template, params, language, reply_to, key, wait_seconds) -> N
     to_whom = f" to {row.recipient}" if row.recipient != to else ""
     click.echo(f"outbound {queued.id}{to_whom} "
                + ("queued" if new else f"was already commanded under that key ({row.status})"))
-    if wait_seconds <= 0:
-        return
-    row = _wait_settled(queued.id, wait_seconds)
-    if row is None:
-        click.echo(f"still queued after {wait_seconds:.0f}s: are the senders running?", err=True)
-        raise SystemExit(EXIT_NO_ANSWER)
+    if row.status in ("queued", "sending"):  # no outcome yet (one commanded before may have one already)
+        if wait_seconds <= 0:
+            return
+        row = _wait_settled(queued.id, wait_seconds)
+        if row is None:
+            click.echo(f"still queued after {wait_seconds:.0f}s: are the senders running?", err=True)
+            raise SystemExit(EXIT_NO_ANSWER)
     click.echo(_describe(row))
     if row.status == "in_doubt":
         raise SystemExit(EXIT_IN_DOUBT)
