@@ -194,6 +194,22 @@ def test_a_message_routed_to_a_removed_queue_a_moment_too_late_is_deleted_by_the
     assert _queue_files(tmp_path, "celeryev.gone") == []
 
 
+def test_an_event_queue_left_by_a_flower_from_before_owner_records_is_removed_too(tmp_path):
+    # A var/broker folder from before this transport: a stopped Flower's queue bound, filling, and no owner file.
+    options = _options(tmp_path)
+    control = Path(options["control_folder"])
+    (control / "celeryev.exchange").write_text(json.dumps([["#", "^.*?$", "celeryev.old-flower"]]))
+    with Connection("embedded://", transport_options=options) as conn:
+        for _ in range(3):
+            conn.channel()._put("celeryev.old-flower", {"event": "worker-heartbeat"})
+    live = _owner(tmp_path, "celeryev.live-flower")
+    try:
+        assert _table(tmp_path, "celeryev") == ["celeryev.live-flower"]
+        assert _queue_files(tmp_path, "celeryev.old-flower") == []
+    finally:
+        _end(live)
+
+
 def test_a_queue_declared_again_by_a_live_process_stays_when_its_earlier_owner_dies(tmp_path):
     # A worker restarted under the same name declares the same pidbox queue as the one it replaces.
     earlier = _owner(tmp_path, "core@host.celery.pidbox")

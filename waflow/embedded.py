@@ -22,7 +22,8 @@ stock ``filesystem://`` where several processes sharing one folder meet:
   kernel releases the lock when the process ends, however it ends. Whenever a
   process declares such a queue, queues whose owners are all gone are unbound and
   their messages deleted: a stopped Flower's queue is gone by the next start (and a
-  message routed to it in that moment, by the sweep after).
+  message routed to it in that moment, by the sweep after). Queues left on Celery's
+  event and control exchanges by processes from before owner records go too.
 - **A stopping worker stops polling at once** (``stop_polling``): the worker's loop
   otherwise waits out a whole 2-second poll before it sees the shutdown.
 - **No hostname**: the filesystem has none, so kombu is not told to "revert to
@@ -55,6 +56,8 @@ SCHEME = "embedded"
 # How long a removed auto-delete queue's messages are deleted again by later sweeps (a publish routed to it
 # just before it was unbound may land after).
 TOMBSTONE_SECONDS = 600
+# The exchanges of Celery's events and remote control: Celery binds only auto-delete queues to them.
+CELERY_TRANSIENT_EXCHANGES = ("celeryev", "celery.pidbox", "reply.celery.pidbox")
 # How long a reader retries a table it cannot parse (one written in place by stock kombu, say) before failing.
 TABLE_READ_ATTEMPTS = 5
 TABLE_READ_PAUSE = 0.02
@@ -246,11 +249,13 @@ class Channel(filesystem.Channel):
                 dead.setdefault(queue, []).append(path)
             finally:
                 os.close(fd)
+        known = live | set(dead)
         for tombstone in self._owners_folder.glob("*.removed"):
             try:
                 queue, age = tombstone.read_text(), time.time() - tombstone.stat().st_mtime
             except FileNotFoundError:
                 continue
+            known.add(queue)
             if queue not in live:
                 self._purge(queue)
             if age > TOMBSTONE_SECONDS:
@@ -265,6 +270,21 @@ class Channel(filesystem.Channel):
             for path in paths:
                 os.utime(path)
                 path.rename(path.with_suffix(".removed"))
+        self._sweep_unrecorded(known)
+
+    def _sweep_unrecorded(self, known: set[str]) -> None:
+        """Remove the queues bound to Celery's event and remote-control exchanges that have no owner record at
+        all: Celery binds only auto-delete queues there, and every one declared since owner records exist has
+        one (made before it is bound), so these were left by processes from before, each still filling."""
+        for exchange in CELERY_TRANSIENT_EXCHANGES:
+            try:
+                table = self._read_table(self.control_folder / f"{exchange}.exchange")
+            except ChannelError as exc:
+                logger.warning("embedded broker: %s", exc)
+                continue
+            for queue in sorted({b.queue for b in table} - known):
+                self._remove_queue(queue)
+                logger.info("embedded broker: removed queue %s, left by a process from before owner records", queue)
 
     def _remove_queue(self, queue: str) -> None:
         """Unbind ``queue`` from every exchange and delete its messages."""
