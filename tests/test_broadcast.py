@@ -147,7 +147,62 @@ def test_the_summary_counts_accepted_failed_by_code_and_still_queued(cli, tmp_pa
         rows[3].status = "cancelled"
     result = cli("broadcast", "case_update", path, "--name", "summary")
     assert "accepted 1, failed 2, in doubt 0, cancelled 1, still queued 0" in result.output
-    assert "failed #131026: 2 ((#131026) Message undeliverable)" in result.output
+    # Meta's code once, beside its title (Meta's title begins with it too).
+    assert "failed #131026: 2 (Message undeliverable)" in result.output
+    assert "(#131026)" not in result.output
+    assert result.exit_code == 1  # Meta refused some
+
+
+def _broadcast_ending(cli, tmp_path, name: str, statuses: list[str]):
+    """Run a broadcast whose messages have ended in ``statuses``; return the watching run's result."""
+    path = csv_file(tmp_path, "".join(f"1555010{i:04d},A\n" for i in range(len(statuses))), f"{name}.csv")
+    cli("broadcast", "case_update", path, "--name", name, "--no-wait")
+    with orm(cli.db) as session:
+        rows = session.scalars(sa.select(OutboundMessage).where(OutboundMessage.broadcast_id.isnot(None))
+                               .order_by(OutboundMessage.id)).all()
+        for r, status in zip(rows, statuses):
+            r.status = status
+    return cli("broadcast", "case_update", path, "--name", name)
+
+
+@pytest.mark.parametrize("statuses, exit_code", [
+    (["accepted", "accepted"], 0),
+    (["accepted", "cancelled"], 0),
+    (["accepted", "in_doubt"], 3),
+    (["in_doubt", "failed"], 1),
+], ids=["all accepted", "one cancelled", "one in doubt", "one refused"])
+def test_a_broadcast_exits_non_zero_when_meta_refused_a_message_or_one_is_in_doubt(cli, tmp_path, statuses,
+                                                                                   exit_code):
+    assert _broadcast_ending(cli, tmp_path, "ending", statuses).exit_code == exit_code
+
+
+def test_a_broadcast_refuses_a_header_row_and_empty_or_non_numeric_recipients_with_line_numbers(cli, tmp_path):
+    path = csv_file(tmp_path, "nomor,perkara\n,2026-1\nBudi Santoso,2026-2\n0812 3456 7000,2026-3\n"
+                              "+62 812 3456 7000,2026-4\n12345,2026-5\n")
+    result = cli("broadcast", "case_update", path)
+    assert result.exit_code == 1
+    out = result.output
+    assert "nothing queued: line 1: the recipient is not a phone number" in out and "(a header row?" in out
+    assert "line 2: no recipient in the first column" in out
+    assert "line 3: the recipient is not a phone number" in out and "Budi" not in out
+    assert "line 5: +6281234567000 is already on line 4" in out  # the same number, written two ways
+    assert "line 6: the recipient has 5 digits" in out
+    assert cli.queued == []
+    with orm(cli.db) as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(OutboundMessage)) == 0
+
+
+def test_numbers_with_a_leading_zero_get_the_default_country_code_and_the_dry_run_shows_them(cli, tmp_path):
+    path = csv_file(tmp_path, "0812-3456-7001,2026-1\n+44 7700 900123,2026-2\n")
+    dry = cli("broadcast", "case_update", path, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "2 number(s) rewritten for Meta (separators dropped; a leading 0 is country code +62):" in dry.output
+    assert "line 1: 0812-3456-7001 -> +6281234567001" in dry.output
+    assert "line 2: +44 7700 900123 -> +447700900123" in dry.output
+    assert "would send to +447700900123: ['2026-2']" in dry.output
+    assert cli("broadcast", "case_update", path, "--no-wait").exit_code == 0
+    with orm(cli.db) as session:
+        assert sorted(session.scalars(sa.select(OutboundMessage.recipient))) == ["+447700900123", "+6281234567001"]
 
 
 def test_send_rate_is_stored_for_every_sender_and_shown(cli):
@@ -173,6 +228,52 @@ def test_send_queues_a_reply_and_refuses_a_bad_one_with_its_reason(cli):
     assert "(accepted)" in once_sent.output and len(cli.queued) == 2  # sent: never queued again
     bad = cli("send", "15550100019", "x" * 4097, "--wait", "0")
     assert bad.exit_code == 1 and "not sent: body: String should have at most 4096 characters" in bad.output
+
+
+def _send_ending(cli, key: str, **outcome):
+    """``send`` run again under ``key`` after its message ended as ``outcome`` (status, error_code, ...)."""
+    from waflow.db import transaction
+
+    with transaction(cli.db) as conn:
+        queued, _ = commands.command(conn, key=key, recipient="15550100021", message={"kind": "text", "body": "Hi"})
+        if outcome:
+            conn.execute(sa.update(OutboundMessage).where(OutboundMessage.id == queued.id).values(**outcome))
+    return cli("send", "15550100021", "Hi", "--key", key, "--wait", "0.5")
+
+
+def test_send_exits_non_zero_when_meta_refused_the_message_or_it_is_in_doubt_and_says_why_once(cli):
+    accepted = _send_ending(cli, "exit-0", status="accepted", wamid="wamid.OK")
+    assert accepted.exit_code == 0 and "accepted (wamid.OK)" in accepted.output
+    refused = _send_ending(cli, "exit-1", status="failed", error_code=131009,
+                           error_title="(#131009) Parameter value is not valid", error_details="text.body")
+    assert refused.exit_code == 1
+    assert refused.output.endswith(": failed: #131009 Parameter value is not valid text.body\n")
+    doubt = _send_ending(cli, "exit-3", status="in_doubt", error_title="connection lost before Meta answered")
+    assert doubt.exit_code == 3
+    assert doubt.output.endswith(": in_doubt: connection lost before Meta answered\n")
+    assert "#None" not in doubt.output
+    unanswered = _send_ending(cli, "exit-4")  # queued, and no sender runs here
+    assert unanswered.exit_code == 4 and "still queued after" in unanswered.output
+    assert "Exit status:" in cli("send", "--help").output and "Exit status:" in cli("broadcast", "--help").output
+
+
+def test_send_refuses_param_on_a_text_message_and_a_reused_key_with_another_text(cli):
+    with_param = cli("send", "15550100022", "Hello", "--param", "2026-114", "--wait", "0")
+    assert with_param.exit_code == 2 and "--param fills a template's parameters" in with_param.output
+    assert cli.queued == []
+    assert cli("send", "15550100022", "Hello", "--key", "k-2", "--wait", "0").exit_code == 0
+    same = cli("send", "15550100022", "Hello", "--key", "k-2", "--wait", "0")
+    assert same.exit_code == 0 and "was already commanded under that key (queued)" in same.output
+    other = cli("send", "15550100022", "Goodbye", "--key", "k-2", "--wait", "0")
+    assert other.exit_code == 1
+    assert "not sent: the key 'k-2' was given to outbound" in other.output and "a different message" in other.output
+    with orm(cli.db) as session:
+        assert [r.text for r in session.scalars(sa.select(OutboundMessage))] == ["Hello"]
+
+
+def test_send_to_a_number_with_a_leading_zero_says_where_it_goes(cli):
+    result = cli("send", "0812 3456 7002", "--template", "hello_world", "--wait", "0")
+    assert result.exit_code == 0 and "outbound 1 to +6281234567002 queued" in result.output
 
 
 def test_a_send_in_doubt_is_settled_by_a_persons_decision(cli):

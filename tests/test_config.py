@@ -23,6 +23,7 @@ def test_every_variable_has_a_working_default():
     # The Meta simulator stands in for Meta; the send limiter shares its state through a file.
     assert settings.whatsapp_api_url == "http://127.0.0.1:5900/v25.0"
     assert (settings.send_rate, settings.redis_url, settings.queue_type) == (80, "", "classic")
+    assert settings.default_country_code == 62  # Indonesia: a recipient written 0812… is +62812…
 
 
 def test_production_talks_to_meta_and_redis_by_default():
@@ -220,6 +221,8 @@ def test_it_accepts_heroku_style_postgres_urls(url):
     ("WAFLOW_BODY_TIMEOUT", "forever", "WAFLOW_BODY_TIMEOUT must be a number"),
     ("WHATSAPP_SEND_RATE", "1001", "WHATSAPP_SEND_RATE must be between 1 and 1000"),
     ("WAFLOW_QUEUE_TYPE", "stream", "WAFLOW_QUEUE_TYPE must be one of"),
+    ("WAFLOW_DEFAULT_COUNTRY_CODE", "ID", "WAFLOW_DEFAULT_COUNTRY_CODE must be a whole number"),
+    ("WAFLOW_DEFAULT_COUNTRY_CODE", "1000", "WAFLOW_DEFAULT_COUNTRY_CODE must be between 1 and 999"),
 ])
 def test_it_refuses_malformed_values_naming_the_variable(name, value, message):
     with pytest.raises(config.ConfigError, match=message):

@@ -75,3 +75,22 @@ def test_a_client_message_and_the_lawyers_reply_go_round_the_embedded_stack(demo
     wait_for(lambda: _scalar(demo, f"SELECT status FROM messages WHERE wamid = '{reply['wamid']}'") == "read", 30,
              what="the reply read")
     assert _scalar(demo, "SELECT count(*) FROM messages WHERE direction = 'outbound'") == 1
+
+
+def _flask(stack, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "flask"), "--app", "wsgi", *args], cwd=ROOT,
+                          env=stack.env, capture_output=True, text=True, timeout=60)
+
+
+def test_send_exits_1_when_meta_refuses_and_3_when_the_answer_is_lost_saying_why_once(demo):
+    requests.post(f"{demo.sim}/_sim/faults", json={"code": 131009, "to": "15557650001"}, timeout=10).raise_for_status()
+    refused = _flask(demo, "send", "15557650001", "--template", "hello_world", "--wait", "20")
+    assert refused.returncode == 1, refused.stdout + refused.stderr + demo.logs()
+    [status_line] = [line for line in refused.stdout.splitlines() if ": failed:" in line]
+    assert status_line.count("131009") == 1, status_line
+    requests.post(f"{demo.sim}/_sim/faults", json={"drop": True, "to": "15557650002"}, timeout=10).raise_for_status()
+    lost = _flask(demo, "send", "15557650002", "--template", "hello_world", "--wait", "20")
+    assert lost.returncode == 3, lost.stdout + lost.stderr + demo.logs()
+    assert "in_doubt: connection lost before Meta answered" in lost.stdout and "#None" not in lost.stdout
+    # The CLI's broker connection says nothing about a hostname (kombu's warning, once per command before).
+    assert "No hostname" not in refused.stderr + lost.stderr

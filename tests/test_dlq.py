@@ -355,7 +355,7 @@ def test_replay_after_the_cause_is_fixed_reaches_the_same_end_state_once(db, cli
     from waflow.core import handle_normalized
 
     dead = _dead_letter_for_a_message_that_failed(db, "wamid.R1")
-    out = cli("dlq", "replay", str(dead), "--by", "ops-anna").output
+    out = cli("dlq", "replay", str(dead), "--by", "ops-anna", "--yes").output
     assert f"{dead}: replayed to wa.incoming.normalized as" in out
     # The replayed task is an ordinary task message on its original queue, with a fresh budget.
     with celery_app.connection_for_write() as conn:
@@ -393,6 +393,27 @@ def test_replay_all_asks_first_and_takes_only_what_matches(db, cli):
     # An unknown message cannot be replayed: it says so and exits non-zero.
     unknown = cli("dlq", "replay", "--all", "--yes")
     assert "names no waflow task to replay" in unknown.output and unknown.exit_code == 1
+
+
+def test_replay_of_named_ids_asks_first_unless_yes(db, cli):
+    dead = _dead_letter_for_a_message_that_failed(db, "wamid.Y1")
+    aborted = cli("dlq", "replay", str(dead), input="n\n")
+    assert aborted.exit_code == 1 and "Replay 1 dead letter(s)?" in aborted.output
+    with orm(db) as session:
+        assert session.get(DeadLetter, dead).status == "dead"
+    done = cli("dlq", "replay", str(dead), input="y\n")
+    assert done.exit_code == 0 and f"{dead}: replayed to wa.incoming.normalized" in done.output
+    with celery_app.connection_for_write() as conn:
+        conn.SimpleQueue(queues.queue(queues.INCOMING_NORMALIZED)).clear()
+
+
+def test_purge_and_replay_of_an_unknown_id_exit_non_zero_and_touch_nothing(db, cli):
+    dead = _dead_letter_for_a_message_that_failed(db, "wamid.U1")
+    for command in ("purge", "replay"):
+        unknown = cli("dlq", command, str(dead), "999999", "--yes")
+        assert unknown.exit_code == 1 and "no dead letter 999999" in unknown.output, command
+    with orm(db) as session:
+        assert session.get(DeadLetter, dead).status == "dead"
 
 
 def test_purge_asks_for_confirmation_then_deletes(db, cli):

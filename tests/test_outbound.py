@@ -93,11 +93,60 @@ def test_a_reply_is_sent_once_with_our_id_and_recorded_with_its_wamid(stage):
 def test_a_command_given_twice_under_one_key_is_stored_and_sent_once(stage):
     wrote_recently(stage.db, "15550001002")
     first = command(stage.db, "15550001002", {"kind": "text", "body": "Hello"}, key="draft:17")
-    again = command(stage.db, "15550001002", {"kind": "text", "body": "Hello (edited)"}, key="draft:17")
+    again = command(stage.db, "15550001002", {"kind": "text", "body": "Hello"}, key="draft:17")
     assert first == again
     stage.send(first)
     stage.send(again)
     assert len(stage.meta.sends(to="15550001002")) == 1
+
+
+@pytest.mark.parametrize("changed", [{"recipient": "15550001099"}, {"body": "Hello (edited)"}],
+                         ids=["another recipient", "another text"])
+def test_a_key_given_again_for_a_different_message_is_refused_and_stores_nothing(stage, changed):
+    first = command(stage.db, "15550001012", {"kind": "text", "body": "Hello"}, key="draft:18")
+    with pytest.raises(commands.KeyReused, match=f"the key 'draft:18' was given to outbound {first}, a different"):
+        command(stage.db, changed.get("recipient", "15550001012"),
+                {"kind": "text", "body": changed.get("body", "Hello")}, key="draft:18")
+    with orm(stage.db) as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(OutboundMessage)) == 1
+        assert session.get(OutboundMessage, first).payload["text"]["body"] == "Hello"
+
+
+@pytest.mark.parametrize("given, sent", [
+    ("+62 812-3456-7890", "+6281234567890"),
+    ("6281234567890", "6281234567890"),
+    ("0812 3456 7890", "+6281234567890"),
+    ("(0812) 3456.7890", "+6281234567890"),
+    ("US.13491208655302741918", "US.13491208655302741918"),
+    ("US.ENT.11815799212886844830", "US.ENT.11815799212886844830"),
+])
+def test_a_recipient_is_kept_in_international_form_and_a_leading_zero_gets_the_country_code(given, sent):
+    assert compose.normalize_recipient(given, 62) == sent
+
+
+@pytest.mark.parametrize("given, reason", [
+    ("nomor_hp", "not a phone number or a business-scoped user id"),  # a header row
+    ("Budi Santoso", "not a phone number or a business-scoped user id"),
+    ("+62 812 ABC", "not a phone number or a business-scoped user id"),
+    ("", "not a phone number"),
+    ("12345", "has 5 digits"),
+    ("+1234567890123456", "has 16 digits"),
+    ("0062 812 3456 7890", "starts with 00"),
+    ("+0812 3456 7890", "a 0 after its \\+"),
+    ("٠٨١٢٣٤٥٦٧٨٩", "not a phone number"),  # digits, but not ASCII ones
+])
+def test_a_recipient_that_is_no_number_is_refused_without_being_quoted(given, reason):
+    with pytest.raises(compose.InvalidCommand, match=reason) as refused:
+        compose.normalize_recipient(given, 62)
+    assert given.strip() == "" or given not in str(refused.value)
+
+
+def test_a_command_to_a_number_written_with_a_leading_zero_is_stored_and_sent_in_international_form(stage):
+    oid = command(stage.db, "0812 3456 7001", {"kind": "template", "name": "hello_world", "parameters": []})
+    stored = row(stage.db, oid)
+    assert (stored.recipient, stored.payload["to"]) == ("+6281234567001", "+6281234567001")
+    with pytest.raises(compose.InvalidCommand, match="not a phone number"):
+        command(stage.db, "Budi", {"kind": "text", "body": "Hello"})
 
 
 def test_a_redelivered_send_that_meta_accepted_is_not_sent_again(stage):

@@ -25,6 +25,42 @@ def is_user_id(recipient: str) -> bool:
     return bool(USER_ID.match(recipient))
 
 
+# What people put between a number's digits; dropped.
+_SEPARATORS = re.compile(r"[ \-.()/\u00a0]")
+# E.164: a country code and a number, 15 digits at most. Fewer than 7 is no one's number.
+PHONE_DIGITS = (7, 15)
+
+
+def normalize_recipient(recipient: str, country_code: int) -> str:
+    """``recipient`` as waflow sends it, or ``InvalidCommand`` saying why it is refused (never quoting it:
+    a name typed in the wrong column is client content).
+
+    A business-scoped user id goes as it is. A phone number may be written with spaces, dashes, dots or
+    parentheses, which are dropped; in international form (``+62 812…`` or ``62812…``) it is kept as
+    written; with a leading 0 (``0812…``, how Indonesian clients write their numbers) it is a national
+    number, and becomes ``+<country_code>812…``: with the plus, so Meta cannot read it any other way."""
+    value = recipient.strip()
+    if is_user_id(value):
+        return value
+    digits = _SEPARATORS.sub("", value)
+    plus = digits.startswith("+")
+    digits = digits.removeprefix("+")
+    if not digits.isascii() or not digits.isdigit():
+        raise InvalidCommand("the recipient is not a phone number or a business-scoped user id "
+                             "(digits, optionally after a +, or an id such as US.13491208655302741918)")
+    if plus and digits.startswith("0"):
+        raise InvalidCommand("the recipient has a 0 after its +: a country code never begins with 0")
+    if not plus and digits.startswith("00"):
+        raise InvalidCommand("the recipient starts with 00: write the number as + and its country code")
+    if not plus and digits.startswith("0"):
+        digits, plus = f"{country_code}{digits[1:]}", True
+    low, high = PHONE_DIGITS
+    if not low <= len(digits) <= high:
+        raise InvalidCommand(f"the recipient has {len(digits)} digits; a number with its country code has "
+                             f"{low} to {high}")
+    return f"+{digits}" if plus else digits
+
+
 class _Kind(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

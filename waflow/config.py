@@ -108,7 +108,7 @@ VARIABLES = (
     "SIMULATOR_PORT", "SIMULATOR_WEBHOOK_URL",
     "WAFLOW_QUEUE_TYPE", "WAFLOW_DEAD_LETTER_RETENTION_DAYS",
     "DRAFTER", "DRAFT_LLM_URL", "DRAFT_LLM_MODEL", "DRAFT_LLM_API_KEY", "DRAFT_LLM_TIMEOUT",
-    "DRAFT_LLM_SEND_CLIENT_TEXT", "WAFLOW_KNOWLEDGE_DIR",
+    "DRAFT_LLM_SEND_CLIENT_TEXT", "WAFLOW_KNOWLEDGE_DIR", "WAFLOW_DEFAULT_COUNTRY_CODE",
 )
 QUEUE_TYPES = ("classic", "quorum")
 
@@ -185,6 +185,7 @@ class Settings:
     phone_number_id: str
     waba_id: str
     send_rate: int
+    default_country_code: int
     redis_url: str = field(repr=False)
     simulator_port: int
     simulator_webhook_url: str
@@ -379,6 +380,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         waba_id=env.get("WHATSAPP_WABA_ID") or ("" if production else DEV_WABA_ID),
         # Meta's default per-number throughput; numbers are upgraded automatically up to 1000/s.
         send_rate=_int(env, "WHATSAPP_SEND_RATE", 80, 1, 1000),
+        # A recipient written with a leading 0 (0812…) is a national number of this country (62: Indonesia).
+        default_country_code=_int(env, "WAFLOW_DEFAULT_COUNTRY_CODE", 62, 1, 999),
         redis_url=redis_url,
         simulator_port=simulator_port,
         simulator_webhook_url=env.get("SIMULATOR_WEBHOOK_URL") or f"http://127.0.0.1:{port}/webhooks/whatsapp",

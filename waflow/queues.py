@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from kombu import Exchange, Queue, binding
 
-from waflow import embedded  # noqa: F401  (registers the embedded:// transport)
+from waflow import embedded  # also registers the embedded:// transport
 
 if TYPE_CHECKING:
     from waflow.config import Settings
@@ -100,16 +100,10 @@ def declarations(queue_type: str | None = None) -> list[Queue]:
 def transport_options(settings: "Settings") -> dict[str, Any]:
     """kombu transport options for the configured broker."""
     if settings.embedded_broker:
-        # waflow.embedded (kombu's filesystem transport, atomic writes): one folder shared by the
-        # web process and every worker. Absolute paths: kombu's default control folder is relative.
-        broker_dir = settings.var_dir / "broker"
-        for folder in ("queue", "control", "staging"):  # the transport expects them to exist
-            (broker_dir / folder).mkdir(parents=True, exist_ok=True)
+        # waflow.embedded (kombu's filesystem transport, made safe for several processes): one folder
+        # shared by the web process and every worker. Absolute paths: kombu's default control folder is relative.
         return {
-            "staging_folder": str(broker_dir / "staging"),
-            "data_folder_in": str(broker_dir / "queue"),
-            "data_folder_out": str(broker_dir / "queue"),
-            "control_folder": str(broker_dir / "control"),
+            **embedded.folders(settings.var_dir / "broker"),
             "store_processed": False,
             # The transport polls; 0.1 s keeps a local stack snappy at negligible cost.
             "polling_interval": 0.1,

@@ -50,6 +50,14 @@ def _find(conn, ids, queue, error_type, older_than, newer_than, status, limit=No
                     newer_than=parse_age(newer_than), status=status, limit=limit)
 
 
+def _refuse_unknown(ids, rows) -> None:
+    """A named id that matches no dead letter (or not the filters given) stops the command before it does
+    anything, with exit status 1, as for any error."""
+    missing = sorted(set(ids) - {r.id for r in rows})
+    if missing:
+        raise click.ClickException(f"no dead letter {', '.join(map(str, missing))}")
+
+
 @click.group("dlq", cls=AppGroup)
 def dlq_group() -> None:
     """Inspect, replay and purge dead letters (they hold client content: operators only)."""
@@ -110,13 +118,11 @@ def dlq_replay(ids, everything, queue, error_type, older_than, newer_than, statu
     with transaction() as conn:
         rows = _find(conn, ids, queue, error_type, older_than, newer_than, status or ("dead" if everything
                                                                                        else None))
-    if ids and len(rows) != len(set(ids)):
-        missing = sorted(set(ids) - {r.id for r in rows})
-        raise click.ClickException(f"no dead letter {', '.join(map(str, missing))}")
+    _refuse_unknown(ids, rows)
     if not rows:
         click.echo("no dead letters match")
         return
-    if everything and not yes:
+    if not yes:
         click.confirm(f"Replay {len(rows)} dead letter(s)?", abort=True)
     failed = 0
     for r in rows:
@@ -148,6 +154,7 @@ def dlq_purge(ids, everything, queue, error_type, older_than, newer_than, status
         raise click.UsageError("name dead letter ids, or --all (with filters)")
     with transaction() as conn:
         rows = _find(conn, ids, queue, error_type, older_than, newer_than, status)
+    _refuse_unknown(ids, rows)
     if not rows:
         click.echo("no dead letters match")
         return

@@ -23,7 +23,42 @@ from waflow.models import OutboundMessage
 from waflow.outbound import broadcast, commands, operator
 
 
-@click.command("send")
+# Exit statuses of ``send`` and ``broadcast`` (their --help says the same). Click itself exits 1 on an error
+# before anything is queued and 2 on a usage error.
+EXIT_NOT_SENT = 1
+EXIT_IN_DOUBT = 3
+EXIT_NO_ANSWER = 4
+
+_RECIPIENTS = ("a phone number in international form (+62 812…, 62812…), one written with a leading 0 (0812…: "
+               "it gets the country code WAFLOW_DEFAULT_COUNTRY_CODE), or a business-scoped user id "
+               "(US.13491208655302741918)")
+_SEND_HELP = f"""Send one message to TO as a reply: TEXT, or --template NAME.
+
+TO is {_RECIPIENTS}.
+
+\b
+Exit status:
+  0  Meta accepted it (with --wait 0: it is queued)
+  1  not sent: refused by Meta, or by waflow before it was queued
+  3  in doubt: sent or not, only Meta's status webhook or a person can
+     tell (`outbox list`, `outbox resolve`)
+  4  no outcome within --wait: still queued or sending
+"""
+_BROADCAST_HELP = f"""Send TEMPLATE to every recipient in RECIPIENTS.csv.
+
+The file has no header: the recipient first, then the template's body parameters. A recipient is
+{_RECIPIENTS}. Every row is checked before anything is queued.
+
+\b
+Exit status:
+  0  Meta accepted every message (with --no-wait: all are queued)
+  1  Meta refused at least one, or waflow refused the file (nothing queued)
+  3  none refused, but at least one in doubt (`outbox list`)
+  4  watching stopped (Ctrl-C) before every message had an outcome
+"""
+
+
+@click.command("send", help=_SEND_HELP)
 @with_appcontext
 @click.argument("to")
 @click.argument("text", required=False)
@@ -35,9 +70,11 @@ from waflow.outbound import broadcast, commands, operator
 @click.option("--wait", "wait_seconds", default=15.0, show_default=True,
               help="Seconds to wait for Meta's answer (0: queue and return).")
 def send(to, text, template, params, language, reply_to, key, wait_seconds) -> None:
-    """Send one message to TO (a phone number, or a business-scoped user id) as a reply."""
     if bool(text) == bool(template):
         raise click.UsageError("give TEXT, or --template NAME (with --param for its parameters)")
+    if params and not template:
+        raise click.UsageError("--param fills a template's parameters; a text message has none "
+                               "(send --template NAME --param ...)")
     message = ({"kind": "template", "name": template, "language": language, "parameters": list(params)}
                if template else {"kind": "text", "body": text})
     if reply_to:
@@ -46,20 +83,31 @@ def send(to, text, template, params, language, reply_to, key, wait_seconds) -> N
         with transaction() as conn:
             queued, new = commands.command(conn, key=key or f"cli:{uuid.uuid4()}", recipient=to,
                                            message=message)
-            status = _status(conn, queued.id)
-    except compose.InvalidCommand as exc:
+            row = _row(conn, queued.id)
+    except (compose.InvalidCommand, commands.KeyReused) as exc:
         raise click.ClickException(f"not sent: {exc}") from None
-    if status == "queued":
+    if row.status == "queued":
         # New, or commanded before and still unsent (its publish may have been lost): queue it.
         # A second task for one message is harmless: only one claims it.
         commands.enqueue([queued])
-    click.echo(f"outbound {queued.id} {'queued' if new else f'was already commanded under that key ({status})'}")
-    if wait_seconds > 0:
+    to_whom = f" to {row.recipient}" if row.recipient != to else ""
+    click.echo(f"outbound {queued.id}{to_whom} "
+               + ("queued" if new else f"was already commanded under that key ({row.status})"))
+    if row.status in ("queued", "sending"):  # no outcome yet (one commanded before may have one already)
+        if wait_seconds <= 0:
+            return
         row = _wait_settled(queued.id, wait_seconds)
-        click.echo(_describe(row) if row else f"still queued after {wait_seconds:.0f}s: are the senders running?")
+        if row is None:
+            click.echo(f"still queued after {wait_seconds:.0f}s: are the senders running?", err=True)
+            raise SystemExit(EXIT_NO_ANSWER)
+    click.echo(_describe(row))
+    if row.status == "in_doubt":
+        raise SystemExit(EXIT_IN_DOUBT)
+    if row.status != "accepted":
+        raise SystemExit(EXIT_NOT_SENT)
 
 
-@click.command("broadcast")
+@click.command("broadcast", help=_BROADCAST_HELP)
 @with_appcontext
 @click.argument("template")
 @click.argument("recipients", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -69,11 +117,11 @@ def send(to, text, template, params, language, reply_to, key, wait_seconds) -> N
 @click.option("--requeue", is_flag=True, help="Queue every unsent message again (after queues were purged).")
 @click.option("--no-wait", is_flag=True, help="Queue and return, without the progress bar.")
 def broadcast_command(template, recipients, language, name, dry_run, requeue, no_wait) -> None:
-    """Send TEMPLATE to every recipient in RECIPIENTS.csv (no header; recipient, then parameters)."""
+    settings = current_app.config["WAFLOW_SETTINGS"]
     name = name or f"{template}-{recipients.stem}"
     try:
-        rows = broadcast.read_recipients(recipients)
-        expected = _template_parameters(current_app.config["WAFLOW_SETTINGS"], template, language)
+        rows = broadcast.read_recipients(recipients, settings.default_country_code)
+        expected = _template_parameters(settings, template, language)
         count = broadcast.check_parameters(rows, expected)
     except broadcast.BroadcastError as exc:
         raise click.ClickException(f"nothing queued: {exc}") from None
@@ -82,6 +130,14 @@ def broadcast_command(template, recipients, language, name, dry_run, requeue, no
     click.echo(f"broadcast {name!r}: {template} ({language}), {len(rows)} recipient(s), "
                f"{count} parameter(s) each, {checked}")
     if dry_run:
+        normalised = [r for r in rows if r.given is not None]
+        if normalised:
+            click.echo(f"{len(normalised)} number(s) rewritten for Meta (separators dropped; a leading 0 is "
+                       f"country code +{settings.default_country_code}):")
+            for r in normalised[:10]:
+                click.echo(f"  line {r.line}: {r.given} -> {r.to}")
+            if len(normalised) > 10:
+                click.echo(f"  ... and {len(normalised) - 10} more")
         for r in rows[:3]:
             click.echo(f"  would send to {r.to}: {list(r.parameters)}")
         click.echo("dry run: nothing queued")
@@ -89,14 +145,19 @@ def broadcast_command(template, recipients, language, name, dry_run, requeue, no
     try:
         with transaction() as conn:
             broadcast_id = broadcast.start(conn, name=name, template=template, language=language,
-                                           phone_number_id=current_app.config["WAFLOW_SETTINGS"].phone_number_id,
-                                       recipients=rows)
+                                           phone_number_id=settings.phone_number_id, recipients=rows)
     except broadcast.BroadcastError as exc:
         raise click.ClickException(str(exc)) from None
     queued = broadcast.queue_unqueued(transaction, broadcast_id, requeue=requeue)
     click.echo(f"queued {queued} send(s) on the broadcast lane")
     if not no_wait:
-        _watch(broadcast_id)
+        counts = _watch(broadcast_id)
+        if counts.get("failed"):
+            raise SystemExit(EXIT_NOT_SENT)
+        if counts.get("in_doubt"):
+            raise SystemExit(EXIT_IN_DOUBT)
+        if counts.get("queued") or counts.get("sending"):
+            raise SystemExit(EXIT_NO_ANSWER)
 
 
 @click.command("broadcast-cancel")
@@ -185,8 +246,8 @@ def _template_parameters(settings, template: str, language: str) -> int | None:
                                        f"{type(exc).__name__}") from None
 
 
-def _status(conn, outbound_id: int) -> str:
-    return conn.execute(sa.select(OutboundMessage.status).where(OutboundMessage.id == outbound_id)).scalar_one()
+def _row(conn, outbound_id: int):
+    return conn.execute(sa.select(OutboundMessage.__table__).where(OutboundMessage.id == outbound_id)).one()
 
 
 def _wait_settled(outbound_id: int, seconds: float):
@@ -200,17 +261,29 @@ def _wait_settled(outbound_id: int, seconds: float):
     return None
 
 
+def _title(code: int | None, title: str | None) -> str | None:
+    """Meta's title without the "(#<code>) " it often begins with: the code is shown once, beside it."""
+    prefix = f"(#{code}) "
+    return title[len(prefix):] if code is not None and title and title.startswith(prefix) else title
+
+
+def _reason(code: int | None, title: str | None, details: str | None = None) -> str:
+    """Why a message failed or is in doubt: Meta's code (when there is one), title and details."""
+    return " ".join(part for part in (f"#{code}" if code is not None else None, _title(code, title), details)
+                    if part)
+
+
 def _describe(row) -> str:
     text = f"outbound {row.id} to {row.recipient}: {row.status}"
     if row.wamid:
         text += f" ({row.wamid})"
-    if row.error_code is not None or row.error_title:
-        text += f": #{row.error_code} {row.error_title or ''} {row.error_details or ''}".rstrip()
-    return text
+    reason = _reason(row.error_code, row.error_title, row.error_details)
+    return f"{text}: {reason}" if reason else text
 
 
-def _watch(broadcast_id: int) -> None:
-    """A progress bar while the broadcast drains, then its summary. Ctrl-C stops watching, not sending."""
+def _watch(broadcast_id: int) -> dict[str, int]:
+    """A progress bar while the broadcast drains, then its summary; returns the final counts by status.
+    Ctrl-C stops watching, not sending."""
     with transaction() as conn:
         counts = broadcast.progress(conn, broadcast_id)
     total = sum(counts.values())
@@ -236,4 +309,6 @@ def _watch(broadcast_id: int) -> None:
                f"in doubt {counts.get('in_doubt', 0)}, cancelled {counts.get('cancelled', 0)}, "
                f"still queued {counts.get('queued', 0) + counts.get('sending', 0)}")
     for code, title, n in failed:
-        click.echo(f"  failed #{code}: {n} ({title or 'no title'})")
+        click.echo(f"  failed {f'#{code}' if code is not None else 'without a code'}: {n} "
+                   f"({_title(code, title) or 'no title'})")
+    return counts

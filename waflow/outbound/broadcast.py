@@ -1,9 +1,10 @@
 """Broadcasts: one template to every recipient of a CSV file, on the broadcast lane.
 
 ``flask --app wsgi broadcast TEMPLATE RECIPIENTS.csv`` (``waflow.cli.sending``)
-reads the file (no header; the first column is the recipient, sent as given, a
-business-scoped user id as ``recipient``; further columns fill the template's
-body parameters), checks every row before anything is queued, stores one send
+reads the file (no header; the first column is the recipient: a phone number in
+international form, one written with a leading 0 being given the default country
+code, or a business-scoped user id, which goes to Meta as ``recipient``; further
+columns fill the template's body parameters), checks every row before anything is queued, stores one send
 command per recipient under the key ``broadcast:<name>:<recipient>`` and queues
 it on ``wa.outgoing.broadcast``. Running it again under the same name creates
 and queues only what is missing, so an interrupted broadcast resumes without
@@ -42,10 +43,14 @@ class Recipient:
     line: int
     to: str
     parameters: tuple[str, ...]
+    # The first column as written, when ``to`` differs from it (a national number given its country code).
+    given: str | None = None
 
 
-def read_recipients(path: Path) -> list[Recipient]:
-    """The recipients of a header-less CSV file; blank lines are skipped, a repeated recipient refused."""
+def read_recipients(path: Path, country_code: int) -> list[Recipient]:
+    """The recipients of a header-less CSV file, each checked and normalised (``compose.normalize_recipient``)
+    before anything is queued. Blank lines are skipped; a malformed or repeated recipient is refused with its
+    line number (a malformed one is not quoted: it may be a name typed in the wrong column)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -57,14 +62,21 @@ def read_recipients(path: Path) -> list[Recipient]:
         cells = [c.strip() for c in cells]
         if not any(cells):
             continue
-        to = cells[0]
-        if not to:
+        given = cells[0]
+        if not given:
             problems.append(f"line {line}: no recipient in the first column")
-        elif to in seen:
+            continue
+        try:
+            to = compose.normalize_recipient(given, country_code)
+        except compose.InvalidCommand as exc:
+            header = " (a header row? the file has none)" if not found and not problems else ""
+            problems.append(f"line {line}: {exc}{header}")
+            continue
+        if to in seen:
             problems.append(f"line {line}: {to} is already on line {seen[to]}")
         else:
             seen[to] = line
-            found.append(Recipient(line, to, tuple(cells[1:])))
+            found.append(Recipient(line, to, tuple(cells[1:]), given if given != to else None))
     if problems:
         raise BroadcastError("; ".join(problems[:20]) + (f" (and {len(problems) - 20} more)" if len(problems) > 20
                                                           else ""))
@@ -107,9 +119,15 @@ def start(conn: sa.Connection, *, name: str, template: str, language: str, phone
             name=name, token=token, template=template, language=language, phone_number_id=phone_number_id,
             total=0, status="running", created_at=datetime.now(timezone.utc)).returning(Broadcast.id)).scalar_one()
     for r in recipients:
-        commands.command(conn, key=f"broadcast:{name}:{r.to}", recipient=r.to, lane="broadcast",
-                         phone_number_id=phone_number_id, broadcast_id=broadcast_id, broadcast_token=token,
-                         message=compose.Template(name=template, language=language, parameters=list(r.parameters)))
+        try:
+            commands.command(conn, key=f"broadcast:{name}:{r.to}", recipient=r.to, lane="broadcast",
+                             phone_number_id=phone_number_id, broadcast_id=broadcast_id, broadcast_token=token,
+                             message=compose.Template(name=template, language=language,
+                                                      parameters=list(r.parameters)))
+        except commands.KeyReused:
+            raise BroadcastError(f"line {r.line}: broadcast {name!r} already holds a different message for "
+                                 f"{r.to} (other parameters); run it with the file it started with, or choose "
+                                 "another --name") from None
     total = conn.execute(sa.select(sa.func.count()).where(OutboundMessage.broadcast_id == broadcast_id)).scalar_one()
     conn.execute(sa.update(Broadcast).where(Broadcast.id == broadcast_id).values(total=total))
     return broadcast_id

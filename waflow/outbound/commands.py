@@ -9,6 +9,7 @@ headers the paced consumer reads.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -23,6 +24,10 @@ from waflow import tasks
 
 SEND_TASK = "waflow.outbound.send_message"
 LANES = {"reply": queues.OUTGOING_COMMAND, "broadcast": queues.OUTGOING_BROADCAST}
+
+
+class KeyReused(ValueError):
+    """The idempotency key was given before for a different message; nothing was stored."""
 
 
 @dataclass(frozen=True)
@@ -40,23 +45,35 @@ def command(conn: sa.Connection, *, key: str, recipient: str, message: Any, lane
             phone_number_id: str | None = None, broadcast_id: int | None = None,
             broadcast_token: str | None = None) -> tuple[Queued, bool]:
     """Store a message to send under ``key``; return it and whether it is new (False: the same
-    key was commanded before, and nothing changes). Queue it with ``enqueue`` after the commit."""
+    key was commanded before, and nothing changes). Queue it with ``enqueue`` after the commit.
+
+    ``recipient`` is checked and normalised first (``compose.normalize_recipient``: a number with a
+    leading 0 gets the default country code); a malformed one raises ``compose.InvalidCommand``. The same
+    key with the same message is the same command; with a different message (another text, another
+    recipient) it raises ``KeyReused``: reporting the old message as if it were the new one would hide
+    that the new one was never sent."""
     if lane not in LANES:
         raise ValueError(f"lane must be one of {', '.join(LANES)}")
     if isinstance(message, dict):
         message = compose.parse(message)
+    recipient = compose.normalize_recipient(recipient, settings.default_country_code)
     number = phone_number_id or settings.phone_number_id
+    payload = compose.request_body(message, recipient)
     now = datetime.now(timezone.utc)
     new_id = conn.execute(insert(conn.dialect.name, OutboundMessage).values(
         idempotency_key=key, phone_number_id=number, recipient=recipient, lane=lane, kind=message.kind,
-        payload=compose.request_body(message, recipient), text=message.text, broadcast_id=broadcast_id,
+        payload=payload, text=message.text, broadcast_id=broadcast_id,
         status="queued",
         created_at=now, updated_at=now,
     ).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(OutboundMessage.id)).scalar()
     if new_id is not None:
         return Queued(new_id, lane, number, broadcast_token), True
-    row = conn.execute(sa.select(OutboundMessage.id, OutboundMessage.lane, OutboundMessage.phone_number_id)
-                       .where(OutboundMessage.idempotency_key == key)).one()
+    row = conn.execute(sa.select(OutboundMessage.id, OutboundMessage.lane, OutboundMessage.phone_number_id,
+                                 OutboundMessage.payload).where(OutboundMessage.idempotency_key == key)).one()
+    # Compared as stored: JSON has no tuples, and the database may have reordered the keys.
+    if row.payload != json.loads(json.dumps(payload)) or row.phone_number_id != number:
+        raise KeyReused(f"the key {key!r} was given to outbound {row.id}, a different message; "
+                        "a key names one message: choose another")
     return Queued(row.id, row.lane, row.phone_number_id, broadcast_token), False
 
 
