@@ -50,6 +50,7 @@ def command(conn: sa.Connection, *, key: str, recipient: str, message: Any, lane
     new_id = conn.execute(insert(conn.dialect.name, OutboundMessage).values(
         idempotency_key=key, phone_number_id=number, recipient=recipient, lane=lane, kind=message.kind,
         payload=compose.request_body(message, recipient), text=message.text, broadcast_id=broadcast_id,
+        media_file_id=getattr(message, "file", None),
         status="queued",
         created_at=now, updated_at=now,
     ).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(OutboundMessage.id)).scalar()
