@@ -32,8 +32,9 @@ REFERENCE_BODY = (
 )
 REFERENCE_SIGNATURE = "sha256=54edfa1d7259e0eb13c677cc7d73d1b5c86cfa12433d19156e058ab9251bc441"
 
-TABLES = ("message_statuses", "messages", "conversations", "contacts", "media", "webhook_payloads", "webhook_events",
-          "dead_letter_replays", "dead_letters", "redeliveries", "outbound_messages", "broadcasts")
+# In an order SQLite can delete them in (children first): outbound messages point at their media files.
+TABLES = ("message_statuses", "messages", "conversations", "contacts", "webhook_payloads", "webhook_events",
+          "dead_letter_replays", "dead_letters", "redeliveries", "outbound_messages", "broadcasts", "media")
 
 
 class RecordingPublisher:

@@ -40,10 +40,10 @@ from waflow.outbound import broadcast, commands, operator
 @click.option("--caption", help="The file's caption (images, videos, documents).")
 def send(to, text, template, params, language, reply_to, key, wait_seconds, file_path, caption) -> None:
     """Send one message to TO (a phone number, or a business-scoped user id) as a reply."""
-    if sum(map(bool, (text, template, file_path))) != 1:
-        raise click.UsageError("give TEXT, or --template NAME (with --param for its parameters), or --file PATH")
     if caption and not file_path:
         raise click.UsageError("--caption goes with --file")
+    if sum(map(bool, (text, template, file_path))) != 1:
+        raise click.UsageError("give TEXT, or --template NAME (with --param for its parameters), or --file PATH")
     message = ({"kind": "template", "name": template, "language": language, "parameters": list(params)}
                if template else {"kind": "text", "body": text})
     try:

@@ -40,18 +40,23 @@ def upload(step: Upload, media: MediaClient, files: Store, database_url: str | N
     if problem is not None:
         return "failed", _fail(database_url, row, error_title=problem), None
     try:
-        media_id = media.upload(row.phone_number_id, files.open(file.storage_key), file.size,
-                                mime_type=file.mime_type, filename=file.filename or f"file-{row.media_file_id}")
+        reader = files.open(file.storage_key)
     except FileNotFoundError:
         return "failed", _fail(database_url, row, error_title="the file to send is no longer in the media store"), None
+    except TRANSIENT_ERRORS as exc:  # the object store out of reach
+        return _retry(database_url, row, exc, last_attempt)
+    try:
+        media_id = media.upload(row.phone_number_id, reader, file.size, mime_type=file.mime_type,
+                                filename=file.filename or f"file-{row.media_file_id}")
     except MediaRefused as exc:
         answer = exc.answer
         return "failed", _fail(database_url, row, error_code=answer.code,
                                error_title=answer.title or f"upload refused (HTTP {answer.http_status})",
                                error_details=answer.details), None
     except TRANSIENT_ERRORS as exc:
-        woken = _fail(database_url, row, error_title=f"upload failed: retries exhausted ({exc})") if last_attempt else []
-        return "retry", woken, str(exc)
+        return _retry(database_url, row, exc, last_attempt)
+    finally:
+        reader.close()
     payload = dict(row.payload)
     payload[row.kind] = {**payload.get(row.kind, {}), "id": media_id}
     with transaction(database_url) as conn:
@@ -70,6 +75,13 @@ def _problem(file: Any, kind: str) -> str | None:
     if file.size > UPLOAD_LIMITS[kind]:
         return f"Meta takes {kind} files of up to {UPLOAD_LIMITS[kind]} bytes; this one has {file.size}"
     return None
+
+
+def _retry(database_url: str | None, row: Any, exc: BaseException,
+           last_attempt: bool) -> tuple[str, list[Queued], str | None]:
+    """A transient failure: the retry policy's; on the last attempt the message fails first (then is dead-lettered)."""
+    woken = _fail(database_url, row, error_title=f"upload failed: retries exhausted ({exc})") if last_attempt else []
+    return "retry", woken, str(exc)
 
 
 def _fail(database_url: str | None, row: Any, **error: Any) -> list[Queued]:
