@@ -51,6 +51,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--burst-seconds", type=float, default=5, help="seconds of each burst")
     p.add_argument("--max-media-bytes", type=int, default=1100 * MB, help="the simulator's media memory cap")
     p.add_argument("--timeout", type=float, default=600, help="a phase gives up after this many seconds")
+    p.add_argument("--media-dir", type=Path, default=None,
+                   help="WAFLOW_MEDIA_DIR (default: under bench/out, on the disk PostgreSQL may share)")
+    p.add_argument("--phases", default="throughput,latency", help="comma-separated, of throughput, latency")
     return p.parse_args()
 
 
@@ -59,7 +62,7 @@ class Bench:
         self.args, self.procs = args, procs
         self.port, self.sim_port = common.free_port(), common.free_port()
         self.sim = f"http://127.0.0.1:{self.sim_port}"
-        self.media_dir = out / "media"
+        self.media_dir = args.media_dir or out / "media"
         self.env = common.service_env(self.port, WHATSAPP_API_URL=f"{self.sim}/v25.0", SIMULATOR_PORT=str(self.sim_port),
                                       SIMULATOR_WEBHOOK_URL=f"http://127.0.0.1:{self.port}{common.WEBHOOK_PATH}",
                                       WAFLOW_MEDIA_DIR=str(self.media_dir), WAFLOW_LOG_LEVEL="WARNING")
@@ -70,7 +73,7 @@ class Bench:
     def sql(self, query: str, *params: Any) -> list[tuple]:
         with self.db.cursor() as cur:
             cur.execute(query, params)
-            return cur.fetchall()
+            return cur.fetchall() if cur.description else []
 
     def start(self) -> None:
         done = subprocess.run([str(common.VENV_BIN / "alembic"), "upgrade", "head"], cwd=common.ROOT, env=self.env,
@@ -239,8 +242,9 @@ def main() -> None:
     with common.Processes(out) as procs:
         bench = Bench(args, procs, out)
         bench.start()
-        throughput = bench.throughput()
-        latency = bench.latency()
+        phases = args.phases.split(",")
+        throughput = bench.throughput() if "throughput" in phases else []
+        latency = bench.latency() if "latency" in phases else []
     print("\nDownloads (the media worker's pool, prefork -c 2)")
     common.print_table(["group", "stored", "MB", "seconds", "MB/s", "memory growth MiB"],
                        [(r["group"], f"{r['stored']}/{r['files']}", r["bytes"] / MB, r["seconds"], r["mb_per_s"],
@@ -248,6 +252,8 @@ def main() -> None:
     print("\nInbound text webhooks, POST to row")
     common.print_table(["burst", "messages", "p50 ms", "p90 ms", "p99 ms", "max ms"],
                        [(r["label"], r["messages"], r["p50_ms"], r["p90_ms"], r["p99_ms"], r["max_ms"]) for r in latency])
+    if not latency:
+        return print(f"\nwrote {common.write_json(name, {'machine': common.machine_info(), 'throughput': throughput})}")
     during = latency[1]
     print(f"downloads overlapped {during['burst_overlap']:.0%} of the second burst "
           f"({during['mb_stored']:.0f} MB stored); p99 ratio {during['p99_ms'] / latency[0]['p99_ms']:.2f} × idle")
