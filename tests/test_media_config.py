@@ -70,3 +70,10 @@ def test_the_retention_is_a_number_of_days_or_unset_to_keep(raw, days):
 def test_a_bad_retention_is_refused_naming_the_variable(raw):
     with pytest.raises(config.ConfigError, match="^WAFLOW_MEDIA_RETENTION_DAYS must be"):
         config.load({"WAFLOW_MEDIA_RETENTION_DAYS": raw})
+
+
+def test_downloads_are_paced_at_16_mb_a_second_unless_told_otherwise():
+    assert config.load({}).media_download_rate == 16
+    assert config.load({"WAFLOW_MEDIA_DOWNLOAD_RATE": "0"}).media_download_rate == 0
+    with pytest.raises(config.ConfigError, match="^WAFLOW_MEDIA_DOWNLOAD_RATE must be"):
+        config.load({"WAFLOW_MEDIA_DOWNLOAD_RATE": "fast"})

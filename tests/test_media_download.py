@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -207,7 +208,7 @@ def test_a_file_meta_announces_over_100_mb_fails_before_any_download(meta, store
 def test_a_download_streaming_past_100_mb_is_stopped_and_fails_for_good(meta, store, db_url):
     job = meta.inbound("document", "application/pdf", pdf())
     meta.fault(media_id=job["media_id"], stream_bytes=INBOUND_MAX + 5 * MB)
-    assert process(job, client=meta.client, store=store, database_url=db_url) == "failed"
+    assert process(job, client=meta.client, store=store, database_url=db_url, rate=0) == "failed"
     media = row(db_url, job["media_id"])
     assert (media.status, media.error) == ("failed", f"over 100 MB: more than {INBOUND_MAX} bytes streamed")
     assert_no_file_visible(store)
@@ -250,3 +251,11 @@ def test_no_file_name_or_caption_reaches_a_log_line_whatever_happens(meta, store
         process(job, client=meta.client, store=store, database_url=db_url)
     assert row(db_url, jobs[2]["media_id"]).filename == name  # kept on the row, for the dashboard
     assert caplog.records and name not in caplog.text and "Siti" not in caplog.text and caption not in caplog.text
+
+
+def test_a_download_is_paced_to_the_configured_rate(meta, store, db_url):
+    data = pdf() * 700  # about 2 MB
+    job = meta.inbound("document", "application/pdf", data)
+    started = time.monotonic()
+    assert process(job, client=meta.client, store=store, database_url=db_url, rate=4 * MB) == "stored"
+    assert time.monotonic() - started >= len(data) / (4 * MB) - 0.1

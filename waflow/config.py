@@ -115,6 +115,7 @@ VARIABLES = (
     "DRAFTER", "DRAFT_LLM_URL", "DRAFT_LLM_MODEL", "DRAFT_LLM_API_KEY", "DRAFT_LLM_TIMEOUT",
     "DRAFT_LLM_SEND_CLIENT_TEXT", "WAFLOW_KNOWLEDGE_DIR",
     "WAFLOW_MEDIA_DIR", "WAFLOW_MEDIA_DIR_SHARED", "WAFLOW_MEDIA_URL", "WAFLOW_MEDIA_RETENTION_DAYS",
+    "WAFLOW_MEDIA_DOWNLOAD_RATE",
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
     "AWS_ENDPOINT_URL",
 )
@@ -210,6 +211,7 @@ class Settings:
     media_dir_shared: bool
     media_url: str
     media_retention_days: int | None
+    media_download_rate: int
     s3_endpoint_url: str
     s3_region: str
     s3_access_key_id: str = field(repr=False)
@@ -383,6 +385,10 @@ def _media_settings(env: Mapping[str, str], production: bool) -> dict[str, objec
         # None: keep media for good (the default); otherwise `flask --app wsgi media purge-expired`
         # deletes files this many days old.
         "media_retention_days": days,
+        # MB/s each download may take (0: no limit). Downloads written to the disk PostgreSQL and RabbitMQ
+        # commit to saturate it, and inbound messages then wait seconds behind them (docs/benchmarks.md,
+        # "Media"); a law firm's attachments arrive a few a minute and need nowhere near it.
+        "media_download_rate": _int(env, "WAFLOW_MEDIA_DOWNLOAD_RATE", 16, 0, 10000),
         "s3_endpoint_url": endpoint,
         "s3_region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
         "s3_access_key_id": env.get("AWS_ACCESS_KEY_ID") or ("" if production else "waflow-dev-s3-key-id"),

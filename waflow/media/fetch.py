@@ -54,8 +54,9 @@ class Refused(Exception):
 
 
 def fetch(client: MediaClient, store: Store, media_id: str, *, declared_sha256: str | None = None,
-          limit: int = INBOUND_MAX, time_limit: float = MAX_DOWNLOAD_SECONDS) -> Fetched:
-    """Download ``media_id`` into ``store``, verified; raise ``Refused`` or ``TransientError`` otherwise."""
+          limit: int = INBOUND_MAX, time_limit: float = MAX_DOWNLOAD_SECONDS, rate: float = 0) -> Fetched:
+    """Download ``media_id`` into ``store``, verified, at most ``rate`` bytes a second (0: no limit);
+    raise ``Refused`` or ``TransientError`` otherwise."""
     mismatches = refreshes = 0
     while True:
         try:
@@ -69,7 +70,7 @@ def fetch(client: MediaClient, store: Store, media_id: str, *, declared_sha256: 
         expected = info.sha256 or declared_sha256
         try:
             with store.receiving() as incoming:
-                digest = _download(client, info.url, incoming, limit, time_limit)
+                digest = _download(client, info.url, incoming, limit, time_limit, rate)
                 if expected is not None and not sha256_matches(expected, digest):
                     mismatches += 1
                     if mismatches >= 2:
@@ -91,8 +92,9 @@ def fetch(client: MediaClient, store: Store, media_id: str, *, declared_sha256: 
             raise Refused(str(exc), replayable=True) from None
 
 
-def _download(client: MediaClient, url: str, incoming: Incoming, limit: int, time_limit: float) -> bytes:
-    """Stream ``url`` into ``incoming``, counting and hashing; return the SHA-256 digest."""
+def _download(client: MediaClient, url: str, incoming: Incoming, limit: int, time_limit: float,
+              rate: float) -> bytes:
+    """Stream ``url`` into ``incoming``, counting and hashing, paced to ``rate``; return the SHA-256 digest."""
     digest = hashlib.sha256()
     started = time.monotonic()
     with client.download(url) as response:
@@ -105,9 +107,12 @@ def _download(client: MediaClient, url: str, incoming: Incoming, limit: int, tim
                     raise Refused(f"{MB_100}: more than {limit} bytes streamed")
                 digest.update(chunk)
                 incoming.write(chunk)
-                if time.monotonic() - started > time_limit:
+                elapsed = time.monotonic() - started
+                if elapsed > time_limit:
                     raise TransientError(f"media download slower than {time_limit:.0f}s "
                                          f"({incoming.size} bytes so far)")
+                if rate and incoming.size / rate > elapsed:
+                    time.sleep(incoming.size / rate - elapsed)
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransientError(f"media download cut after {incoming.size} bytes ({type(exc).__name__})") from None
     return digest.digest()

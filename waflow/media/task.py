@@ -21,6 +21,7 @@ import logging
 from typing import Any
 
 from waflow import queues
+from waflow.config import settings
 from waflow.db import transaction
 from waflow.media import rows
 from waflow.media.fetch import Refused, fetch
@@ -34,8 +35,9 @@ TASK = "waflow.media.record_media"
 
 
 def process(job: dict[str, Any], *, last_attempt: bool = False, client: MediaClient | None = None,
-            store: Store | None = None, database_url: str | None = None) -> str:
-    """Record one attachment and make one attempt at storing it; return where its row stands."""
+            store: Store | None = None, database_url: str | None = None, rate: float | None = None) -> str:
+    """Record one attachment and make one attempt at storing it; return where its row stands.
+    ``rate``: bytes a second the download may take (default: ``WAFLOW_MEDIA_DOWNLOAD_RATE``; 0: no limit)."""
     media_id = str(job["media_id"])
     with transaction(database_url) as conn:
         rows.record_pending(conn, job)
@@ -45,7 +47,8 @@ def process(job: dict[str, Any], *, last_attempt: bool = False, client: MediaCli
         return str(status)
     store = store or default_store()
     try:
-        fetched = fetch(client or default_client(), store, media_id, declared_sha256=job.get("sha256"))
+        fetched = fetch(client or default_client(), store, media_id, declared_sha256=job.get("sha256"),
+                        rate=settings.media_download_rate * 10**6 if rate is None else rate)
     except Refused as exc:
         with transaction(database_url) as conn:
             rows.mark_failed(conn, media_id, exc.reason)

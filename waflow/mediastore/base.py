@@ -36,16 +36,30 @@ def check_key(key: str) -> str:
 
 @dataclass
 class Incoming:
-    """A temporary file being written; ``commit`` moves it under its key."""
+    """A temporary file being written; ``commit`` moves it under its key.
+
+    ``sync_every``: flush the bytes to disk each time this many have been written (0: only at the
+    commit). A large file written whole and fsync'd at the end puts all its bytes in the disk's queue
+    at once, and every database commit on the same disk (a WAL flush) then waits behind them: inbound
+    messages took seconds to store while 450 MB were downloaded (docs/benchmarks.md, "Media"). Flushed
+    as it comes, the queue holds a few MiB of it at a time."""
 
     path: Path
     file: BinaryIO
+    sync_every: int = 0
     size: int = 0
     committed: bool = field(default=False)
+    _unsynced: int = field(default=0, repr=False)
 
     def write(self, chunk: bytes) -> None:
         self.file.write(chunk)
         self.size += len(chunk)
+        if self.sync_every:
+            self._unsynced += len(chunk)
+            if self._unsynced >= self.sync_every:
+                self.file.flush()
+                os.fdatasync(self.file.fileno())
+                self._unsynced = 0
 
 
 class Reader:
@@ -85,11 +99,11 @@ class Store(Protocol):
 
 
 @contextmanager
-def temporary_file(directory: Path) -> Iterator[Incoming]:
+def temporary_file(directory: Path, sync_every: int = 0) -> Iterator[Incoming]:
     """A new file in ``directory`` (created if missing), deleted on exit unless committed."""
     directory.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=directory, prefix="in-", suffix=TEMP_SUFFIX)
-    incoming = Incoming(Path(name), os.fdopen(fd, "wb"))
+    incoming = Incoming(Path(name), os.fdopen(fd, "wb"), sync_every)
     try:
         yield incoming
     finally:

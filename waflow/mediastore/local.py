@@ -15,6 +15,8 @@ from waflow.mediastore.base import CHUNK, STALE_AFTER, Incoming, Reader, check_k
 from waflow.mediastore.base import temporary_file
 
 TEMP_DIR = ".tmp"
+# Bytes flushed to disk as they arrive, this many at a time (``Incoming.sync_every``).
+SYNC_EVERY = 2 * 2**20
 
 
 def _fsync_directory(path: Path) -> None:
@@ -38,7 +40,7 @@ class LocalStore:
         return self.root / check_key(key)
 
     def receiving(self) -> AbstractContextManager[Incoming]:
-        return temporary_file(self.root / TEMP_DIR)
+        return temporary_file(self.root / TEMP_DIR, SYNC_EVERY)
 
     def commit(self, incoming: Incoming, sha256_hex: str) -> str:
         key = content_key(sha256_hex)
