@@ -47,8 +47,8 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--database-url", default=common.DATABASE_URL, help="PostgreSQL database (emptied)")
     p.add_argument("--broker-url", default=common.BROKER_URL, help="RabbitMQ vhost (its waflow queues purged)")
-    p.add_argument("--burst-rate", type=float, default=100, help="text webhooks per second in the latency phase")
-    p.add_argument("--burst-seconds", type=float, default=5, help="seconds of each burst")
+    p.add_argument("--burst-rate", type=float, default=20, help="text webhooks per second in the latency phase")
+    p.add_argument("--burst-seconds", type=float, default=10, help="seconds of each burst")
     p.add_argument("--max-media-bytes", type=int, default=1100 * MB, help="the simulator's media memory cap")
     p.add_argument("--timeout", type=float, default=600, help="a phase gives up after this many seconds")
     p.add_argument("--media-dir", type=Path, default=None,
