@@ -65,7 +65,8 @@ class Bench:
         self.port, self.sim_port = common.free_port(), common.free_port()
         self.sim = f"http://127.0.0.1:{self.sim_port}"
         self.media_dir = args.media_dir or out / "media"
-        self.env = common.service_env(self.port, WHATSAPP_API_URL=f"{self.sim}/v25.0", SIMULATOR_PORT=str(self.sim_port),
+        self.env = common.service_env(self.port, WHATSAPP_API_URL=f"{self.sim}/v25.0",
+                                      SIMULATOR_PORT=str(self.sim_port),
                                       SIMULATOR_WEBHOOK_URL=f"http://127.0.0.1:{self.port}{common.WEBHOOK_PATH}",
                                       WAFLOW_MEDIA_DIR=str(self.media_dir), WAFLOW_LOG_LEVEL="WARNING",
                                       **({"WAFLOW_MEDIA_DOWNLOAD_RATE": args.download_rate}
@@ -166,8 +167,9 @@ class Bench:
             stored = [r for r in rows if r[0] == "stored"]
             seconds = max(float(r[2]) for r in stored) - ready if stored else None
             growth = max((peaks.get(pid, 0) - rss) / 1024 for pid, rss in idle.items())
-            results.append({"group": label, "files": count, "stored": len(stored), "bytes": sum(r[1] for r in stored),
-                            "seconds": seconds, "mb_per_s": sum(r[1] for r in stored) / MB / seconds if seconds else None,
+            total = sum(r[1] for r in stored)
+            results.append({"group": label, "files": count, "stored": len(stored), "bytes": total,
+                            "seconds": seconds, "mb_per_s": total / MB / seconds if seconds else None,
                             "idle_rss_mib": {p: v / 1024 for p, v in idle.items()},
                             "peak_rss_mib": {p: v / 1024 for p, v in peaks.items()}, "growth_mib": growth})
         return results
@@ -198,7 +200,8 @@ class Bench:
         created = dict(self.sql("select wamid, extract(epoch from created_at) from messages "
                                 "where starts_with(wamid, %s)", prefix))
         latencies = sorted((float(created[w]) - t) * 1000 for w, t in posted.items())
-        return {"label": label, "messages": count, "first_post": min(posted.values()), "last_post": max(posted.values()),
+        return {"label": label, "messages": count, "first_post": min(posted.values()),
+                "last_post": max(posted.values()),
                 "p50_ms": common.percentile(latencies, 50), "p90_ms": common.percentile(latencies, 90),
                 "p99_ms": common.percentile(latencies, 99), "max_ms": latencies[-1],
                 "ack_p99_ms": common.percentile(sorted(answered), 99)}

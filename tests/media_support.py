@@ -34,7 +34,8 @@ def mp4() -> bytes:
 
 
 def ogg() -> bytes:
-    return b"OggS\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00" + os.urandom(4) + b"\x00" * 8 + b"\x01\x13OpusHead" + os.urandom(2000)
+    return (b"OggS\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00" + os.urandom(4) + b"\x00" * 8 + b"\x01\x13OpusHead"
+            + os.urandom(2000))
 
 
 def mp3() -> bytes:

@@ -59,7 +59,8 @@ def test_an_html_document_a_client_sent_is_served_as_a_sandboxed_attachment(meta
         row_id = session.execute(sa.select(Media.id).where(Media.media_id == job["media_id"])).scalar_one()
     response = serve(db_url, store, row_id)
     assert response.headers["Content-Type"] == "application/octet-stream"
-    assert response.headers["Content-Disposition"] == "attachment; filename=\"invoice.pdf\"; filename*=UTF-8''invoice.pdf"
+    assert response.headers["Content-Disposition"] == (
+        "attachment; filename=\"invoice.pdf\"; filename*=UTF-8''invoice.pdf")
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["Content-Security-Policy"] == "default-src 'none'; sandbox"
     assert response.headers["Cache-Control"] == "private, no-store"

@@ -26,7 +26,8 @@ def db(default_db):
 
 
 def add(db: str, *, media_id: str | None = None, status: str = "pending", age: timedelta = timedelta(0),
-        idle: timedelta | None = None, key: str | None = None, direction: str = "inbound", wamid: str = "wamid.m") -> int:
+        idle: timedelta | None = None, key: str | None = None, direction: str = "inbound",
+        wamid: str = "wamid.m") -> int:
     created = NOW - age
     with get_engine(db).begin() as conn:
         return conn.execute(insert(conn.dialect.name, Media).values(
