@@ -32,8 +32,9 @@ REFERENCE_BODY = (
 )
 REFERENCE_SIGNATURE = "sha256=54edfa1d7259e0eb13c677cc7d73d1b5c86cfa12433d19156e058ab9251bc441"
 
-TABLES = ("message_statuses", "messages", "conversations", "contacts", "media", "webhook_payloads", "webhook_events",
-          "dead_letter_replays", "dead_letters", "redeliveries", "outbound_messages", "broadcasts")
+# In an order SQLite can delete them in (children first): outbound messages point at their media files.
+TABLES = ("message_statuses", "messages", "conversations", "contacts", "webhook_payloads", "webhook_events",
+          "dead_letter_replays", "dead_letters", "redeliveries", "outbound_messages", "broadcasts", "media")
 
 
 class RecordingPublisher:
@@ -154,12 +155,14 @@ def purge_queues(broker_url: str, env: dict[str, str]) -> None:
 
 
 class Stack:
-    """gunicorn, the ingestor, core and media workers and the dead-letter recorder, as the Procfile runs them."""
+    """gunicorn, the ingestor, core and media workers and the dead-letter recorder, as the Procfile runs them,
+    and the Meta simulator (``simulator=False``: none; then the test runs its own)."""
 
     WORKERS = (("ingestor", "wa.incoming.raw"), ("core", "wa.incoming.normalized"),
                ("media", "wa.media.processing"))
 
-    def __init__(self, *, database_url: str, broker_url: str, var_dir: str, secret: str = REFERENCE_SECRET):
+    def __init__(self, *, database_url: str, broker_url: str, var_dir: str, secret: str = REFERENCE_SECRET,
+                 simulator: bool = True):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/webhooks/whatsapp"
         self.database_url = database_url
@@ -177,15 +180,28 @@ class Stack:
         }
         if REDIS_URL and not broker_url.startswith("embedded"):
             self.env["REDIS_URL"] = REDIS_URL  # the send budget's inbound debit: the tests' Redis database
+        # The Meta simulator the media worker downloads from (and that injects clients' messages into this
+        # stack's gateway), on a port of its own: never the default one, which a developer's may hold.
+        # A media id it never issued (a fixture's) fails at once as unknown to Meta, as it would at Meta.
+        self.simulator_url = None
+        if simulator:
+            sim_port = free_port()
+            self.simulator_url = f"http://127.0.0.1:{sim_port}"
+            self.env.update(SIMULATOR_PORT=str(sim_port), SIMULATOR_WEBHOOK_URL=self.url,
+                            WHATSAPP_API_URL=f"{self.simulator_url}/v25.0")
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
     def start(self) -> "Stack":
         bin_dir = Path(sys.executable).parent
+        if self.simulator_url:
+            self._spawn("meta", [sys.executable, "-m", "waflow.simulator", "--no-status-webhooks", "--open-windows"])
         self.start_web()
         for name, queue in self.WORKERS:
             self.start_worker(name, queue)
         self._spawn("deadletter", [str(bin_dir / "flask"), "--app", "wsgi", "dlq", "record"])
         wait_for(self._web_ready, 30, what="gunicorn")
+        if self.simulator_url:
+            wait_for(self._simulator_ready, 30, what="the Meta simulator")
         for name, _ in self.WORKERS:
             self.wait_ready(name)
         wait_for(lambda: "dlq recorder: consuming" in (self.log_dir / "deadletter.log").read_text(), 60,
@@ -222,6 +238,14 @@ class Stack:
         try:
             return requests.get(self.url, timeout=1).status_code == 403
         except (requests.ConnectionError, requests.Timeout):  # listening, but the worker is still booting
+            return False
+
+    def _simulator_ready(self) -> bool:
+        import requests
+
+        try:
+            return requests.get(f"{self.simulator_url}/_sim/health", timeout=1).ok
+        except (requests.ConnectionError, requests.Timeout):
             return False
 
     def post(self, body: bytes, signature: str | None = None, timeout: float = 10):

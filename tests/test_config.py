@@ -35,7 +35,8 @@ def test_production_talks_to_meta_and_redis_by_default():
 STRONG = "k3J9-q8Zr-Lm2P-w7Xc"  # 19 characters: meets every rule
 PRODUCTION = {"WAFLOW_ENV": "production", "WHATSAPP_APP_SECRET": STRONG, "WHATSAPP_VERIFY_TOKEN": STRONG,
               "WHATSAPP_ACCESS_TOKEN": STRONG, "WHATSAPP_PHONE_NUMBER_ID": "1",
-              "DATABASE_URL": "postgres://db/waflow", "CELERY_BROKER_URL": "amqp://rabbit//"}
+              "DATABASE_URL": "postgres://db/waflow", "CELERY_BROKER_URL": "amqp://rabbit//",
+              "WAFLOW_MEDIA_DIR_SHARED": "true"}
 # Every secret every process needs, and every way one can break its rule.
 EVERY_PROCESS = [s.variable for s in config.SECRETS if s.used_by is None]
 BROKEN = [("", "is not set"), ("   ", "is blank"), (f" {STRONG}\n", "has leading or trailing whitespace"),

@@ -26,7 +26,7 @@ def demo():
     var_dir = tempfile.mkdtemp(prefix="waflow-demo-")
     database_url = f"sqlite:///{var_dir}/waflow.db"
     migrate(config.load({"DATABASE_URL": database_url}).database_url, fresh=True)
-    stack = Stack(database_url=database_url, broker_url="embedded://", var_dir=var_dir)
+    stack = Stack(database_url=database_url, broker_url="embedded://", var_dir=var_dir, simulator=False)
     sim_port = free_port()
     stack.env.update(SIMULATOR_PORT=str(sim_port), SIMULATOR_WEBHOOK_URL=stack.url,
                      WHATSAPP_PHONE_NUMBER_ID="100000000000001")

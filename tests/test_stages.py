@@ -173,6 +173,8 @@ INFRASTRUCTURE = {
     "waflow.celery", "waflow.stages", "waflow.broker", "waflow.consumer", "waflow.events", "waflow.compose",
     "waflow.whatsapp", "waflow.web", "waflow.webserver", "waflow.limiter", "waflow.limiter.base",
     "waflow.limiter.redis_store", "waflow.limiter.file_store", "waflow.dlq", "waflow.dlq.records", "waflow.failures",
+    "waflow.whatsapp_media", "waflow.mediastore", "waflow.mediastore.base", "waflow.mediastore.local",
+    "waflow.mediastore.s3",
 }
 
 

@@ -3,7 +3,7 @@
 A command is validated when it is given (a lawyer's reply, a broadcast row), so a
 message Meta would refuse for its shape is refused at once with a clear reason,
 before anything is queued. Kinds: text, template (with body parameters), media
-by id or link (image, video, audio, document, sticker), interactive reply
+by id, link or a stored file of ours (image, video, audio, document, sticker), interactive reply
 buttons and lists, and read receipts; any message but a read receipt can quote
 an earlier one (``reply_to``).
 
@@ -117,13 +117,16 @@ class Media(_Kind):
     kind: Literal["image", "video", "audio", "document", "sticker"]
     id: str | None = Field(default=None, min_length=1)
     link: str | None = Field(default=None, pattern=r"^https://")
+    # A file in waflow's media store (its media row id, from ``waflow.media.outgoing``): the sender
+    # uploads it to Meta first and sends it by the id Meta gives it.
+    file: int | None = Field(default=None, ge=1)
     caption: str | None = Field(default=None, max_length=1024)
     filename: str | None = Field(default=None, max_length=240)
 
     @model_validator(mode="after")
     def _one_source(self) -> "Media":
-        if (self.id is None) == (self.link is None):
-            raise ValueError("media needs exactly one of id (uploaded) or link (https)")
+        if sum(source is not None for source in (self.id, self.link, self.file)) != 1:
+            raise ValueError("media needs exactly one of id (uploaded), link (https) or file (stored)")
         if self.caption and self.kind in ("audio", "sticker"):
             raise ValueError(f"{self.kind} messages take no caption")
         if self.filename and self.kind != "document":

@@ -90,6 +90,11 @@ SECRETS: tuple[Secret, ...] = (
     # Checked by the drafter process (waflow.drafting.make_drafter), and only when DRAFTER=chat.
     Secret("DRAFT_LLM_API_KEY", "waflow-dev-llm-key", min_length=16, used_by="drafter",
            meaning="the Bearer key of the chat-completions model that drafts replies"),
+    # Checked by every process when media goes to object storage (WAFLOW_MEDIA_URL=s3://...): the web
+    # reads the files back, the media worker writes them, the sender uploads them. AWS secret keys are
+    # 40 characters; 16 refuses a placeholder such as "minioadmin".
+    Secret("AWS_SECRET_ACCESS_KEY", "waflow-dev-s3-secret-key", min_length=16, used_by="object storage",
+           meaning="the key that signs every request to the media bucket of WAFLOW_MEDIA_URL"),
 )
 SECRET = {s.variable: s for s in SECRETS}
 
@@ -109,6 +114,10 @@ VARIABLES = (
     "WAFLOW_QUEUE_TYPE", "WAFLOW_DEAD_LETTER_RETENTION_DAYS",
     "DRAFTER", "DRAFT_LLM_URL", "DRAFT_LLM_MODEL", "DRAFT_LLM_API_KEY", "DRAFT_LLM_TIMEOUT",
     "DRAFT_LLM_SEND_CLIENT_TEXT", "WAFLOW_KNOWLEDGE_DIR", "WAFLOW_DEFAULT_COUNTRY_CODE",
+    "WAFLOW_MEDIA_DIR", "WAFLOW_MEDIA_DIR_SHARED", "WAFLOW_MEDIA_URL", "WAFLOW_MEDIA_RETENTION_DAYS",
+    "WAFLOW_MEDIA_DOWNLOAD_RATE",
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
 )
 QUEUE_TYPES = ("classic", "quorum")
 
@@ -199,6 +208,17 @@ class Settings:
     draft_llm_timeout: float
     draft_llm_send_client_text: bool
     knowledge_dir: Path
+    # Where media files live (waflow.mediastore, _media_settings below).
+    media_dir: Path
+    media_dir_shared: bool
+    media_url: str
+    media_retention_days: int | None
+    media_download_rate: int
+    s3_endpoint_url: str
+    s3_region: str
+    s3_access_key_id: str = field(repr=False)
+    s3_secret_access_key: str = field(repr=False)
+    s3_session_token: str = field(repr=False)
 
     @property
     def production(self) -> bool:
@@ -321,6 +341,65 @@ def _drafting_settings(env: Mapping[str, str], production: bool) -> dict[str, ob
     }
 
 
+def _media_settings(env: Mapping[str, str], production: bool) -> dict[str, object]:
+    """Where media files are kept: a local directory (WAFLOW_MEDIA_DIR) or S3-compatible object storage
+    (WAFLOW_MEDIA_URL=s3://bucket/prefix). On a platform where the web and the media worker do not share a
+    disk (Heroku's dynos), files one process wrote are not there for the other: production refuses the
+    local directory unless WAFLOW_MEDIA_DIR_SHARED=true says every process sees the same one."""
+    media_url = (env.get("WAFLOW_MEDIA_URL") or "").strip().rstrip("/")
+    endpoint = (env.get("AWS_ENDPOINT_URL") or "").rstrip("/")
+    shared = _bool(env, "WAFLOW_MEDIA_DIR_SHARED", False)
+    raw_days = env.get("WAFLOW_MEDIA_RETENTION_DAYS")
+    days = None if raw_days in (None, "") else _int(env, "WAFLOW_MEDIA_RETENTION_DAYS", 0, 1, 36500)
+    if media_url:
+        parts = urlsplit(media_url)
+        if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+            raise ConfigError("WAFLOW_MEDIA_URL must be s3://bucket or s3://bucket/prefix (S3-compatible object "
+                              "storage; leave it unset for the local directory WAFLOW_MEDIA_DIR)")
+        if endpoint and not endpoint.startswith(("http://", "https://")):
+            raise ConfigError("AWS_ENDPOINT_URL must be the object store's http(s) base URL")
+        local_endpoint = bool(endpoint) and is_local_host(_host(endpoint))
+        if production:
+            rule = SECRET["AWS_SECRET_ACCESS_KEY"]
+            broken = rule.broken_rule(env.get(rule.variable))
+            if broken:
+                raise ConfigError(f"{rule.variable} {broken}, which production refuses with WAFLOW_MEDIA_URL set "
+                                  f"({rule.variable} is {rule.meaning})")
+            if not (env.get("AWS_ACCESS_KEY_ID") or "").strip():
+                raise ConfigError("AWS_ACCESS_KEY_ID is not set; production needs it with WAFLOW_MEDIA_URL")
+            if endpoint.startswith("http://") and not local_endpoint:
+                raise ConfigError("AWS_ENDPOINT_URL must use https in production (or be on this machine)")
+        elif not env.get("WAFLOW_ENV") and not local_endpoint:
+            # Development fails closed (FAIL_CLOSED): no bucket off this machine with the published stand-ins.
+            raise ConfigError(
+                "WAFLOW_MEDIA_URL points off this machine (AWS_ENDPOINT_URL is not a local address) but WAFLOW_ENV "
+                "is not set. Set WAFLOW_ENV=production (with real credentials) for a deployment, or "
+                "WAFLOW_ENV=development to use a remote bucket from a development machine")
+    elif production and not shared:
+        raise ConfigError(
+            "WAFLOW_MEDIA_URL is not set: production needs object storage for media (s3://bucket/prefix), "
+            "because the web and the media worker may not share a disk (Heroku's dynos do not); set "
+            "WAFLOW_MEDIA_DIR_SHARED=true only if every process sees the same WAFLOW_MEDIA_DIR")
+    return {
+        "media_dir": Path(env.get("WAFLOW_MEDIA_DIR") or _var_dir(env) / "media").resolve(),
+        "media_dir_shared": shared,
+        "media_url": media_url,
+        # None: keep media for good (the default); otherwise `flask --app wsgi media purge-expired`
+        # deletes files this many days old.
+        "media_retention_days": days,
+        # MB/s each download may take (0: no limit). Downloads written to the disk PostgreSQL and RabbitMQ
+        # commit to saturate it, and inbound messages then wait seconds behind them (docs/benchmarks.md,
+        # "Media"); a law firm's attachments arrive a few a minute and need nowhere near it.
+        "media_download_rate": _int(env, "WAFLOW_MEDIA_DOWNLOAD_RATE", 16, 0, 10000),
+        "s3_endpoint_url": endpoint,
+        "s3_region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+        "s3_access_key_id": env.get("AWS_ACCESS_KEY_ID") or ("" if production else "waflow-dev-s3-key-id"),
+        "s3_secret_access_key": env.get("AWS_SECRET_ACCESS_KEY")
+        or ("" if production else SECRET["AWS_SECRET_ACCESS_KEY"].stand_in),
+        "s3_session_token": env.get("AWS_SESSION_TOKEN") or "",
+    }
+
+
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from ``environ`` (default: the process environment)."""
     env = os.environ if environ is None else environ
@@ -390,6 +469,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         # Dead letters hold client text: they are deleted this many days after they were recorded.
         dead_letter_retention_days=_int(env, "WAFLOW_DEAD_LETTER_RETENTION_DAYS", 30, 1, 3650),
         **_drafting_settings(env, production),
+        **_media_settings(env, production),
     )
 
 

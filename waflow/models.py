@@ -126,21 +126,40 @@ class MessageStatus(Base):
 
 
 class Media(Base):
-    """A media attachment to download; the media stage moves it on from ``pending``."""
+    """A media file: an attachment a client sent (``inbound``), or a file waflow sends (``outbound``).
+
+    An inbound row is keyed by Meta's media id and moves from ``pending`` to ``stored`` (the bytes
+    durably in the media store, their SHA-256 checked against Meta's) or ``failed`` (``error`` says
+    why); retention moves a stored one to ``deleted``. ``storage_key`` names the file in the store: it
+    is derived from the content's SHA-256, so rows of the same bytes share one file. An outbound row
+    is ``stored`` from the start; the sender uploads it and keeps Meta's id on its outbound message."""
 
     __tablename__ = "media"
+    __table_args__ = (sa.Index("ix_media_status_created", "status", "created_at"),)
 
     id: Mapped[intpk]
-    media_id: Mapped[str] = mapped_column(sa.Text, unique=True)
-    wamid: Mapped[str] = mapped_column(sa.Text, index=True)
+    media_id: Mapped[str | None] = mapped_column(sa.Text, unique=True)
+    wamid: Mapped[str | None] = mapped_column(sa.Text, index=True)
+    direction: Mapped[str] = mapped_column(sa.Text, default="inbound", server_default="inbound")
     phone_number_id: Mapped[str | None] = mapped_column(sa.Text)
     kind: Mapped[str] = mapped_column(sa.Text)
+    # The type Meta declared (inbound) or that waflow sends the file as (outbound), and the type its
+    # bytes turned out to be (puremagic): the two can differ, and only the second says what it is.
     mime_type: Mapped[str | None] = mapped_column(sa.Text)
+    detected_mime_type: Mapped[str | None] = mapped_column(sa.Text)
+    # Meta's SHA-256 as the webhook gave it (base64 or hex), and the hex SHA-256 of the stored bytes.
+    declared_sha256: Mapped[str | None] = mapped_column(sa.Text)
     sha256: Mapped[str | None] = mapped_column(sa.Text)
+    size: Mapped[int | None] = mapped_column(BigId)
     filename: Mapped[str | None] = mapped_column(sa.Text)
     url: Mapped[str | None] = mapped_column(sa.Text)
-    status: Mapped[str] = mapped_column(sa.Text, default="pending")
+    status: Mapped[str] = mapped_column(sa.Text, default="pending")  # pending | stored | failed | deleted
+    storage_key: Mapped[str | None] = mapped_column(sa.Text, index=True)
+    error: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[created_at]
+    updated_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    stored_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    deleted_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
 
 class WebhookEvent(Base):
@@ -264,6 +283,10 @@ class OutboundMessage(Base):
     recipient: Mapped[str] = mapped_column(sa.Text)
     lane: Mapped[str] = mapped_column(sa.Text)  # reply | broadcast
     kind: Mapped[str] = mapped_column(sa.Text)
+    # A file to send (a media row of ours, stored), and Meta's id for it once uploaded: recorded so
+    # that a retry after a successful upload sends by that id instead of uploading again.
+    media_file_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("media.id"))
+    media_id: Mapped[str | None] = mapped_column(sa.Text)
     # Meta's request body (without the callback data added at send time), and its words.
     payload: Mapped[json_doc]
     text: Mapped[str | None] = mapped_column(sa.Text)

@@ -19,6 +19,7 @@ from flask.cli import AppGroup, with_appcontext
 
 from waflow import compose, limiter, whatsapp
 from waflow.db import transaction
+from waflow.media import outgoing
 from waflow.models import OutboundMessage
 from waflow.outbound import broadcast, commands, operator
 
@@ -69,22 +70,33 @@ Exit status:
 @click.option("--key", help="Idempotency key (default: a new one): the same key never sends twice.")
 @click.option("--wait", "wait_seconds", default=15.0, show_default=True,
               help="Seconds to wait for Meta's answer (0: queue and return).")
-def send(to, text, template, params, language, reply_to, key, wait_seconds) -> None:
-    if bool(text) == bool(template):
-        raise click.UsageError("give TEXT, or --template NAME (with --param for its parameters)")
+@click.option("--file", "file_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Send this file (image, video, audio, document or sticker, by its type) instead of text.")
+@click.option("--caption", help="The file's caption (images, videos, documents).")
+def send(to, text, template, params, language, reply_to, key, wait_seconds, file_path, caption) -> None:
+    if caption and not file_path:
+        raise click.UsageError("--caption goes with --file")
+    if sum(map(bool, (text, template, file_path))) != 1:
+        raise click.UsageError("give TEXT, or --template NAME (with --param for its parameters), or --file PATH")
     if params and not template:
         raise click.UsageError("--param fills a template's parameters; a text message has none "
                                "(send --template NAME --param ...)")
     message = ({"kind": "template", "name": template, "language": language, "parameters": list(params)}
                if template else {"kind": "text", "body": text})
-    if reply_to:
-        message["reply_to"] = reply_to
+    try:
+        prepared = outgoing.prepare(file_path) if file_path else None  # checked and stored before anything is queued
+    except outgoing.Unsendable as exc:
+        raise click.ClickException(f"not sent: {exc}") from None
     try:
         with transaction() as conn:
+            if prepared is not None:
+                message = outgoing.record(conn, prepared, caption=caption)
+            if reply_to:
+                message["reply_to"] = reply_to
             queued, new = commands.command(conn, key=key or f"cli:{uuid.uuid4()}", recipient=to,
                                            message=message)
             row = _row(conn, queued.id)
-    except (compose.InvalidCommand, commands.KeyReused) as exc:
+    except (compose.InvalidCommand, commands.KeyReused, outgoing.Unsendable) as exc:
         raise click.ClickException(f"not sent: {exc}") from None
     if row.status == "queued":
         # New, or commanded before and still unsent (its publish may have been lost): queue it.

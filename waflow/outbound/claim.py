@@ -5,7 +5,8 @@ call: Meta takes no idempotency key, so it is never sent again automatically); p
 behind an earlier message to the same recipient that is still on its way (that one's
 outcome sends it on, so a recipient's messages leave in the order they were commanded);
 refused outside the 24-hour customer-service window unless a template or a read receipt;
-put off while the recipient's pair pacing says wait.
+put off while the recipient's pair pacing says wait; a file not yet uploaded to Meta is uploaded
+first (``Upload``), before the message is marked ``sending``.
 """
 from __future__ import annotations
 
@@ -53,6 +54,13 @@ class Defer:
     seconds: float
 
 
+@dataclass
+class Upload:
+    """The message sends a file of ours that Meta does not have yet: upload it (``attach``), then claim again."""
+
+    row: Any
+
+
 _EARLIER = (sa.select(C.id)
             .where(C.phone_number_id == sa.bindparam("number"), C.recipient == sa.bindparam("to"),
                    C.id < sa.bindparam("before"), C.status.in_(("queued", "sending")))
@@ -78,7 +86,7 @@ def _claimed_at(row: Any) -> datetime | None:
 
 
 def claim(conn: sa.Connection, outbound_id: int, store: limiter.Store,
-          task_id: str | None = None) -> Claimed | Skip | Defer:
+          task_id: str | None = None) -> Claimed | Skip | Defer | Upload:
     """Decide whether this message goes now; mark it ``sending`` (by ``task_id``) if so."""
     row = conn.execute(ROW, {"oid": outbound_id}).first()
     if row is None:
@@ -113,6 +121,9 @@ def claim(conn: sa.Connection, outbound_id: int, store: limiter.Store,
              error_details="the recipient's last message is older than 24 hours (or there is none); "
                            "only a template can open the conversation")
         return Skip("outside the 24-hour window", following(conn, row))
+    if row.media_file_id is not None and row.media_id is None:
+        # Uploaded before the pair slot is reserved: an upload can take longer than the slot waits.
+        return Upload(row)
     if row.kind != "read":
         wait = store.pair_reserve(row.phone_number_id, row.recipient)
         if wait > 0:

@@ -63,15 +63,21 @@ def command(conn: sa.Connection, *, key: str, recipient: str, message: Any, lane
     new_id = conn.execute(insert(conn.dialect.name, OutboundMessage).values(
         idempotency_key=key, phone_number_id=number, recipient=recipient, lane=lane, kind=message.kind,
         payload=payload, text=message.text, broadcast_id=broadcast_id,
+        media_file_id=getattr(message, "file", None),
         status="queued",
         created_at=now, updated_at=now,
     ).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(OutboundMessage.id)).scalar()
     if new_id is not None:
         return Queued(new_id, lane, number, broadcast_token), True
     row = conn.execute(sa.select(OutboundMessage.id, OutboundMessage.lane, OutboundMessage.phone_number_id,
-                                 OutboundMessage.payload).where(OutboundMessage.idempotency_key == key)).one()
+                                 OutboundMessage.payload, OutboundMessage.kind)
+                       .where(OutboundMessage.idempotency_key == key)).one()
+    stored = dict(row.payload)
+    if row.kind in stored and isinstance(stored[row.kind], dict):
+        # The sender adds Meta's media id to a file's request once it has uploaded it (outbound.attach).
+        stored[row.kind] = {k: v for k, v in stored[row.kind].items() if k != "id" or "id" in payload.get(row.kind, {})}
     # Compared as stored: JSON has no tuples, and the database may have reordered the keys.
-    if row.payload != json.loads(json.dumps(payload)) or row.phone_number_id != number:
+    if stored != json.loads(json.dumps(payload)) or row.phone_number_id != number:
         raise KeyReused(f"the key {key!r} was given to outbound {row.id}, a different message; "
                         "a key names one message: choose another")
     return Queued(row.id, row.lane, row.phone_number_id, broadcast_token), False

@@ -15,10 +15,11 @@ from typing import Any, Callable
 
 import sqlalchemy as sa
 
-from waflow import limiter, queues, tasks
+from waflow import limiter, mediastore, queues, tasks, whatsapp_media
 from waflow.config import settings
 from waflow.db import autocommit, get_engine, transaction
-from waflow.outbound.claim import Defer, Skip, claim, claim_at_once, unclaim
+from waflow.outbound import attach
+from waflow.outbound.claim import Defer, Skip, Upload, claim, claim_at_once, unclaim
 from waflow.outbound.commands import LANES, SEND_TASK, Queued, enqueue
 from waflow.outbound.operator import reopen
 from waflow.outbound.settle import accept_at_once, settle
@@ -41,16 +42,19 @@ def client() -> Client:
 @dataclass
 class Wiring:
     """What a send attempt talks to: by default the configured database, the shared limiter store,
-    this process's Graph client and the broker; tests pass their own."""
+    this process's Graph client and the broker, and for a file to upload, Meta's media endpoints and
+    the media store (looked up only when a message has a file); tests pass their own."""
 
     database_url: str | None = None
     store: limiter.Store | None = None
     client: Client | None = None
     dispatch: Callable[..., Any] | None = None
+    media: whatsapp_media.MediaClient | None = None
+    files: mediastore.Store | None = None
 
     def resolved(self) -> "Wiring":
         return Wiring(self.database_url, self.store or limiter.default_store(), self.client or client(),
-                      self.dispatch or tasks.dispatch)
+                      self.dispatch or tasks.dispatch, self.media, self.files)
 
 
 def deliver(outbound_id: int, request: Any, retries: int, max_retries: int, wiring: Wiring | None = None) -> str:
@@ -66,6 +70,20 @@ def deliver(outbound_id: int, request: Any, retries: int, max_retries: int, wiri
     if step is None:
         with transaction(url) as conn:
             step = claim(conn, outbound_id, store, task_id)
+    if isinstance(step, Upload):
+        outcome, woken, reason = attach.upload(step, wiring.media or whatsapp_media.default_client(),
+                                               wiring.files or mediastore.default_store(), url,
+                                               last_attempt=retries >= max_retries)
+        enqueue(woken, dispatch=wiring.dispatch)
+        if outcome == "retry":
+            raise TransientError(f"outbound {outbound_id}: {reason}")
+        if outcome == "failed":
+            logger.warning("send_message: outbound %s failed before its send: its file was not uploaded", outbound_id)
+            return "failed"
+        with transaction(url) as conn:  # uploaded: claimed again, now to send by Meta's id
+            step = claim(conn, outbound_id, store, task_id)
+        if isinstance(step, Upload):
+            raise TransientError(f"outbound {outbound_id}: its upload was not recorded")
     if isinstance(step, Defer):
         _again(wiring, request, outbound_id, step.seconds, retries)
         return "deferred"
