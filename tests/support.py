@@ -32,8 +32,10 @@ REFERENCE_BODY = (
 )
 REFERENCE_SIGNATURE = "sha256=54edfa1d7259e0eb13c677cc7d73d1b5c86cfa12433d19156e058ab9251bc441"
 
-TABLES = ("message_statuses", "messages", "conversations", "contacts", "media", "webhook_payloads", "webhook_events",
-          "dead_letter_replays", "dead_letters", "redeliveries", "outbound_messages", "broadcasts")
+# Children before the tables they reference (SQLite deletes and drops them in this order).
+TABLES = ("draft_decisions", "outbound_messages", "broadcasts", "draft_approvals", "drafts", "draft_request_messages",
+          "draft_requests", "users", "changes", "message_statuses", "messages", "conversations", "contacts", "media",
+          "webhook_payloads", "webhook_events", "dead_letter_replays", "dead_letters", "redeliveries")
 
 
 class RecordingPublisher:
