@@ -156,10 +156,14 @@ def purge_queues(broker_url: str, env: dict[str, str]) -> None:
 
 
 class Stack:
-    """gunicorn, the ingestor, core and media workers and the dead-letter recorder, as the Procfile runs them."""
+    """gunicorn, the ingestor, core, media, drafter and announcer workers and the dead-letter recorder, as the
+    Procfile runs them (the sender is started by the tests that send)."""
 
-    WORKERS = (("ingestor", "wa.incoming.raw"), ("core", "wa.incoming.normalized"),
-               ("media", "wa.media.processing"))
+    WORKERS = (("ingestor", "wa.incoming.raw"), ("core", "wa.incoming.normalized,wa.ai.draft.approved"),
+               ("media", "wa.media.processing"), ("drafter", "wa.ai.draft.requested"),
+               ("announcer", "wa.ai.draft.created"))
+    # As the Procfile runs them: the drafter waits on a model's HTTP answer, on threads.
+    EXTRA = {"drafter": ("-P", "threads")}
 
     def __init__(self, *, database_url: str, broker_url: str, var_dir: str, secret: str = REFERENCE_SECRET):
         self.port = free_port()
@@ -197,6 +201,7 @@ class Stack:
 
     def start_worker(self, name: str, queue: str, *extra: str) -> None:
         bin_dir = Path(sys.executable).parent
+        extra = (*self.EXTRA.get(name, ()), *extra)
         self._spawn(name, [str(bin_dir / "celery"), "-A", "waflow", "worker", "-Q", queue, "-n", f"{name}@%h",
                            "-c", "2", "-l", "INFO", "--without-mingle", "--without-gossip", *extra])
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import signals
@@ -71,10 +71,10 @@ class Outcome:
 
 
 def draft_request(request_id: int, messages: int | None, task_id: str | None, *, database_url: str | None = None,
-                  using: Drafter | None = None) -> Outcome:
+                  using: Drafter | None = None, now: datetime | None = None) -> Outcome:
     """Claim, draft, store: one attempt at one request. Returns what to publish (the caller does, after)."""
     with transaction(database_url) as conn:
-        step = claiming.claim(conn, request_id, messages, task_id, lease=lease())
+        step = claiming.claim(conn, request_id, messages, task_id, lease=lease(), now=now)
     if isinstance(step, claiming.NotDue):
         return Outcome("not due", again_in=step.seconds)
     if isinstance(step, claiming.Skipped):

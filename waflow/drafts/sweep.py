@@ -87,10 +87,10 @@ class Timer:
             except Exception as exc:  # noqa: BLE001 - a sweep that failed (database or broker away) tries again
                 logger.warning("draft sweep failed (%s); next in %.0f s", type(exc).__name__, self.interval)
 
-    def sweep(self) -> Lost:
+    def sweep(self, now: datetime | None = None) -> Lost:
         """One sweep: find what was lost and publish it again (each at most once per REPUBLISH_AFTER)."""
         with transaction(self.database_url) as conn:
-            lost = find_lost(conn, lease=self.lease)
+            lost = find_lost(conn, lease=self.lease, now=now)
         now = time.monotonic()
         self._published = {k: t for k, t in self._published.items() if now - t < REPUBLISH_AFTER}
         for kind, ids, send in (("request", lost.requests, publish.draft_again),
