@@ -357,6 +357,8 @@ class DraftRequest(Base):
     origin: Mapped[str] = mapped_column(sa.Text, default="client")
     claimed_by: Mapped[str | None] = mapped_column(sa.Text)
     claimed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # When a reply reached the client that answers its messages (an approval, a reply by hand or `send`).
+    answered_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     created_at: Mapped[created_at]
     updated_at: Mapped[created_at]
 

@@ -6,6 +6,7 @@ users create ...``), otherwise prompted for twice without echo. It never appears
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 from flask.cli import AppGroup
@@ -21,9 +22,8 @@ def users_group() -> None:
 
 
 def _password() -> str:
-    stdin = click.get_text_stream("stdin")
-    if not stdin.isatty():
-        return stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
     return click.prompt("Password", hide_input=True, confirmation_prompt=True)
 
 

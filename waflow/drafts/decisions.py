@@ -30,7 +30,7 @@ from waflow.drafts import requests, stale
 from waflow.drafts.errors import (AlreadyDecided, InvalidDecision, NotFound, NothingToDraft, NotReady,
                                   OutsideWindow, Stale)
 from waflow.models import (OPEN_DRAFT_STATUSES, REJECT_REASONS, Contact, Draft, DraftApproval, DraftDecision,
-                           DraftRequest, Message, User)
+                           DraftRequest, User)
 from waflow.outbound.claim import window_open
 
 logger = logging.getLogger(__name__)
@@ -160,6 +160,7 @@ def approve(conn: sa.Connection, draft_id: int, by_user: str | Person, via: str 
     if decided.rowcount != 1:  # decided meanwhile (SQLite has no row lock to wait on)
         _refuse_decided(conn, _draft(conn, draft_id))
         raise AlreadyDecided(None, None)
+    stale.answered(conn, draft.conversation_id, now)
     approval_id = _approval(conn, draft_id=draft.id, conversation_id=draft.conversation_id, person=person, via=via,
                             kind=kind, words=words, now=now)
     action = "template" if kind == "template" else "approve" if words == draft.text else "edit"
@@ -213,6 +214,7 @@ def write_by_hand(conn: sa.Connection, conversation_id: int, by_user: str | Pers
                                                                    Draft.status.in_(OPEN_DRAFT_STATUSES))).first()
     stale.cancel_waiting(conn, conversation_id, now)
     stale.supersede(conn, conversation_id, "replied", now)
+    stale.answered(conn, conversation_id, now)
     approval_id = _approval(conn, draft_id=None, conversation_id=conversation_id, person=person, via=via,
                             kind="text", words=words, now=now)
     _record(conn, draft_id=open_draft.id if open_draft else None, conversation_id=conversation_id, person=person,
@@ -228,29 +230,22 @@ def write_by_hand(conn: sa.Connection, conversation_id: int, by_user: str | Pers
 def redraft(conn: sa.Connection, conversation_id: int, by_user: str | Person | None = None,
             now: datetime | None = None) -> requests.Requested:
     """Ask for a new draft of the conversation's reply, answering what its latest draft answered (unless
-    that was approved, or a reply reached the client since). Queue the result with ``publish.request``."""
+    a reply reached the client since: an approval, a reply by hand, ``send``). Queue the result with ``publish.request``."""
     now = now or datetime.now(timezone.utc)
     if by_user is not None:
         _decider(conn, by_user)
     if stale.lock_conversation(conn, conversation_id) is None:
         raise NotFound(f"no conversation {conversation_id}")
-    latest = conn.execute(sa.select(Draft.id, Draft.request_id, Draft.status, Draft.status_reason)
+    latest = conn.execute(sa.select(Draft.id, Draft.request_id, Draft.status, Draft.status_reason,
+                                    DraftRequest.answered_at)
+                          .join(DraftRequest, DraftRequest.id == Draft.request_id)
                           .where(Draft.conversation_id == conversation_id).order_by(Draft.id.desc()).limit(1)).first()
     waiting = conn.execute(sa.select(DraftRequest.id).where(DraftRequest.conversation_id == conversation_id,
                                                             DraftRequest.status == "waiting")).first()
-    redoable = latest is not None and (latest.status in ("pending", "ready", "failed", "rejected")
-                                       or latest.status_reason == "redraft")
+    redoable = latest is not None and latest.answered_at is None and (
+        latest.status in ("pending", "ready", "failed", "rejected") or latest.status_reason == "redraft")
     if not redoable and not waiting:
         raise NothingToDraft(f"conversation {conversation_id} has no unanswered message to draft a reply to")
     ids = requests.messages_of(conn, [latest.request_id]) if redoable else []
-    if ids and _answered_since(conn, conversation_id, ids):
-        raise NothingToDraft(f"a reply reached the client of conversation {conversation_id} after those messages")
     stale.supersede(conn, conversation_id, "redraft", now)
     return requests.request_again(conn, conversation_id, ids, now)
-
-
-def _answered_since(conn: sa.Connection, conversation_id: int, message_ids: list[int]) -> bool:
-    """Whether an outbound message of the conversation came after the newest of ``message_ids``."""
-    return conn.execute(sa.select(Message.id).where(Message.conversation_id == conversation_id,
-                                                    Message.direction == "outbound",
-                                                    Message.id > max(message_ids)).limit(1)).first() is not None

@@ -57,6 +57,15 @@ def cancel_waiting(conn: sa.Connection, conversation_id: int, now: datetime | No
     ).values(status="cancelled", updated_at=now or datetime.now(timezone.utc))).rowcount
 
 
+def answered(conn: sa.Connection, conversation_id: int, now: datetime | None = None) -> None:
+    """A reply reached (or is on its way to) the client: the messages of every request of the conversation
+    so far are answered (``decisions.redraft`` asks for no new draft of them)."""
+    conn.execute(sa.update(DraftRequest).where(
+        DraftRequest.conversation_id == conversation_id, DraftRequest.answered_at.is_(None),
+        DraftRequest.status != "waiting",
+    ).values(answered_at=now or datetime.now(timezone.utc)))
+
+
 def conversation_of(conn: sa.Connection, phone_number_id: str, recipient: str) -> int | None:
     """The conversation between this business number and the recipient (a phone number or a
     business-scoped user id), or None if they never talked."""
@@ -75,3 +84,4 @@ def reply_sent(conn: sa.Connection, phone_number_id: str, recipient: str) -> Non
     now = datetime.now(timezone.utc)
     cancel_waiting(conn, conversation_id, now)
     supersede(conn, conversation_id, "replied", now)
+    answered(conn, conversation_id, now)
