@@ -142,7 +142,9 @@ def build_input(conn: sa.Connection, conversation_id: int, request_id: int) -> t
                                   Message.content)
                         .join(DraftRequestMessage, DraftRequestMessage.message_id == Message.id)
                         .where(DraftRequestMessage.request_id == request_id)
-                        .order_by(Message.sent_at, Message.id)).all()
+                        # Meta's timestamps are whole seconds: lines typed in one second keep the order the
+                        # gateway received them in (core may store them in another).
+                        .order_by(Message.sent_at, Message.received_at, Message.id)).all()
     first = min((r.id for r in rows), default=0)
     earlier = conn.execute(sa.select(Message.direction, Message.body, Message.sent_at)
                            .where(Message.conversation_id == conversation_id, Message.id < first,
