@@ -27,7 +27,7 @@ from requests.adapters import HTTPAdapter
 
 from waflow import config, queues, tasks
 from waflow.db import transaction
-from waflow.drafting import ChatDrafter, Drafter, make_drafter
+from waflow.drafting import ChatDrafter, Drafter, OfflineDrafter, make_drafter
 from waflow.drafts import claiming, publish, sweep
 from waflow.tasks import stage_task
 
@@ -113,14 +113,18 @@ def _drafts_here(app: Any) -> bool:
 
 
 @signals.worker_init.connect
-def _refuse_a_broken_drafter(sender: Any = None, **_: Any) -> None:
-    """A drafter worker builds its drafter before it takes a task: a production chat drafter without a
+def _prepare_the_drafter(sender: Any = None, **_: Any) -> None:
+    """A drafter worker builds its drafter and the knowledge base's index before it takes a task (the
+    first drafts would otherwise wait for the index together), and a production chat drafter without a
     proper DRAFT_LLM_API_KEY stops the line at start, naming the variable (exit 78)."""
     if sender is not None and _drafts_here(sender.app):
         try:
-            drafter()
+            made = drafter()
         except config.ConfigError as exc:
             raise config.refuse_to_start(exc) from None
+        offline = made.offline if isinstance(made, ChatDrafter) else made
+        if isinstance(offline, OfflineDrafter):
+            offline.index()
 
 
 @signals.worker_ready.connect
