@@ -86,7 +86,7 @@ def later(seconds: float | None = None) -> datetime:
 def draft(db: str, requested: Requested, *, task: str = "task-1", using: Any = None,
           now: datetime | None = None) -> drafter.Outcome:
     """The drafting task queued for ``requested``, run once its request is due."""
-    return drafter.draft_request(requested.request_id, requested.messages, task, database_url=db,
+    return drafter.draft_request(requested.request_id, task, database_url=db,
                                  using=using or offline(), now=now or later())
 
 

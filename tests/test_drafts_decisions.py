@@ -170,7 +170,7 @@ def test_a_draft_still_being_written_cannot_be_decided(db):
 
     requested = client_writes(db, "wamid.PEND")
     with transaction(db) as conn:
-        claimed = claiming.claim(conn, requested.request_id, requested.messages, "t", lease=drafter.lease(),
+        claimed = claiming.claim(conn, requested.request_id, "t", lease=drafter.lease(),
                                  now=later())
     with pytest.raises(NotReady, match="still being written"):
         decide(db, decisions.approve, claimed.draft_id, BY)

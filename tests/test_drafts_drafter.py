@@ -74,7 +74,7 @@ def test_two_drafters_claiming_one_request_at_once_make_one_draft(db_url):
 def test_a_drafter_that_died_mid_draft_is_taken_over_by_its_redelivered_task_or_after_the_lease(db_url):
     requested = client_writes(db_url, "wamid.DIED")
     with transaction(db_url) as conn:
-        claimed = claiming.claim(conn, requested.request_id, requested.messages, "t-dead", lease=drafter.lease(),
+        claimed = claiming.claim(conn, requested.request_id, "t-dead", lease=drafter.lease(),
                                  now=later())
     assert isinstance(claimed, claiming.Claimed)  # ... and its worker was killed before it stored anything
     assert draft(db_url, requested, task="t-other").status == "being drafted by task t-dead"
@@ -85,7 +85,7 @@ def test_a_drafter_that_died_mid_draft_is_taken_over_by_its_redelivered_task_or_
 def test_a_claim_past_its_lease_is_taken_over_by_any_task(db_url):
     requested = client_writes(db_url, "wamid.LEASE")
     with transaction(db_url) as conn:
-        claiming.claim(conn, requested.request_id, requested.messages, "t-gone", lease=drafter.lease(), now=later())
+        claiming.claim(conn, requested.request_id, "t-gone", lease=drafter.lease(), now=later())
     outcome = draft(db_url, requested, task="t-sweep", now=later() + drafter.lease() + timedelta(seconds=1))
     assert outcome.status == "ready"
     assert scalar(db_url, "SELECT claimed_by FROM drafts") == "t-sweep"
@@ -206,7 +206,7 @@ def test_the_sweep_finds_every_kind_of_lost_publish_and_queues_it_again_once(db_
     lost_request = client_writes(db_url, "wamid.LOST1")  # its drafting task was never published
     stuck = client_writes(db_url, "wamid.LOST2", wa_id="6281300002222")
     with transaction(db_url) as conn:
-        claiming.claim(conn, stuck.request_id, stuck.messages, "t-dead", lease=drafter.lease(), now=later())
+        claiming.claim(conn, stuck.request_id, "t-dead", lease=drafter.lease(), now=later())
     unannounced = draft(db_url, client_writes(db_url, "wamid.LOST3", wa_id="6281300003333")).announce
     ready = draft(db_url, client_writes(db_url, "wamid.LOST4", wa_id="6281300004444")).announce
     from drafts_support import lawyer
@@ -226,7 +226,7 @@ def test_the_sweep_finds_every_kind_of_lost_publish_and_queues_it_again_once(db_
     timer.sweep(now=later(120))
     timer.sweep(now=later(130))  # again soon after: nothing is published twice
     assert sorted(published) == sorted([
-        (publish.DRAFT_TASK, (lost_request.request_id, None)), (publish.DRAFT_TASK, (stuck.request_id, None)),
+        (publish.DRAFT_TASK, (lost_request.request_id,)), (publish.DRAFT_TASK, (stuck.request_id,)),
         (publish.CREATED_TASK, (unannounced,)), (publish.APPROVED_TASK, (approval,))])
 
 

@@ -20,6 +20,7 @@ from waflow.config import settings
 from waflow.core import persist_event
 from waflow.db import get_engine, transaction
 from waflow.drafts import requests
+from waflow.models import DraftRequest
 
 QUIET = settings.draft_quiet_seconds
 
@@ -79,20 +80,31 @@ def test_statuses_other_fields_and_our_own_sends_write_no_request(db_url):
     assert scalar(db_url, "SELECT count(*) FROM draft_requests") == 0
 
 
+def _request(db_url: str) -> DraftRequest:
+    with orm(db_url) as session:
+        request = session.execute(sa.select(DraftRequest)).scalar_one()
+    if request.due_at.tzinfo is None:
+        request.due_at = request.due_at.replace(tzinfo=timezone.utc)
+    return request
+
+
 def test_three_lines_typed_in_a_row_make_one_request_due_after_the_last(db_url):
     first = client_writes(db_url, "wamid.L1", "Pak, saya ditangkap polisi")
-    due_after_first = scalar(db_url, "SELECT due_at FROM draft_requests")
+    due_after_first = _request(db_url).due_at
     time.sleep(0.05)
     second = client_writes(db_url, "wamid.L2", "eh maksud saya adik saya")
     third = client_writes(db_url, "wamid.L3", "besok sidang, tolong")
     assert first.request_id == second.request_id == third.request_id
     assert (first.messages, second.messages, third.messages) == (1, 2, 3)
-    request = rows(db_url, "SELECT status, messages, due_at FROM draft_requests")
-    assert len(request) == 1 and request[0].messages == 3 and request[0].due_at > due_after_first
-    # Only the task queued for the last line drafts; the others stand down.
-    assert draft(db_url, first).status == "a later message's task drafts it"
-    assert draft(db_url, second).status == "a later message's task drafts it"
-    assert draft(db_url, third).status == "ready"
+    # Only the first line queues a drafting task: the others joined the request it is on its way for.
+    assert (first.new, second.new, third.new) == (True, False, False)
+    request = _request(db_url)
+    assert (request.status, request.messages) == ("waiting", 3) and request.due_at > due_after_first
+    # The task comes at the first line's due time: the last line pushed it, so it goes back until then.
+    early = draft(db_url, first, now=due_after_first)
+    assert early.status == "not due"
+    assert early.again_in == pytest.approx((request.due_at - due_after_first).total_seconds(), abs=0.01)
+    assert draft(db_url, first, now=request.due_at).status == "ready"
     answers = scalar(db_url, "SELECT answers FROM drafts")
     assert (answers if isinstance(answers, list) else __import__("json").loads(answers)) == [
         "wamid.L1", "wamid.L2", "wamid.L3"]
@@ -137,7 +149,7 @@ def test_a_client_message_while_the_draft_is_being_written_supersedes_it_when_it
 
     first = client_writes(db_url, "wamid.W1", "Saya di-PHK tanpa pesangon")
     with transaction(db_url) as conn:
-        claimed = claiming.claim(conn, first.request_id, first.messages, "slow-task", lease=drafter.lease(),
+        claimed = claiming.claim(conn, first.request_id, "slow-task", lease=drafter.lease(),
                                  now=later())
     assert isinstance(claimed, claiming.Claimed)
     second = client_writes(db_url, "wamid.W2", "oh ya, kontrak saya PKWT")  # while the model thinks

@@ -156,7 +156,8 @@ def handle_normalized(event: dict[str, Any]) -> None:
             logger.info("handle_normalized: %s already persisted, skipped", parsed.event_id)
     commands.enqueue(following)
     for requested in drafts:
-        publish.request(requested)
+        if requested.new:  # a message that joined a waiting request: its task is already on its way
+            publish.request(requested)
 
 
 @stage_task(name=publish.APPROVED_TASK, queue=queues.AI_DRAFT_APPROVED)

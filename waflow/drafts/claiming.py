@@ -48,11 +48,9 @@ def aware(at: datetime) -> datetime:
     return at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)  # SQLite hands back naive UTC
 
 
-def claim(conn: sa.Connection, request_id: int, messages: int | None, task_id: str | None, *,
-          lease: timedelta, now: datetime | None = None) -> Claimed | NotDue | Skipped:
-    """Claim the request for drafting by ``task_id``, if it is due and this task is the one to draft it.
-
-    ``messages``: the count the task was queued with (None: any task, the sweep's)."""
+def claim(conn: sa.Connection, request_id: int, task_id: str | None, *, lease: timedelta,
+          now: datetime | None = None) -> Claimed | NotDue | Skipped:
+    """Claim the request for drafting by ``task_id`` if it is due (NotDue: when it will be)."""
     now = now or datetime.now(timezone.utc)
     found = conn.execute(sa.select(DraftRequest.conversation_id).where(DraftRequest.id == request_id)).first()
     if found is None:
@@ -60,8 +58,6 @@ def claim(conn: sa.Connection, request_id: int, messages: int | None, task_id: s
     stale.lock_conversation(conn, found.conversation_id)
     row = conn.execute(sa.select(DraftRequest.__table__).where(DraftRequest.id == request_id)).one()
     if row.status == "waiting":
-        if messages is not None and messages != row.messages:
-            return Skipped("a later message's task drafts it")
         if aware(row.due_at) > now:
             return NotDue((aware(row.due_at) - now).total_seconds())
         claimed = conn.execute(sa.update(DraftRequest).where(DraftRequest.id == request_id,

@@ -1,10 +1,11 @@
 """The drafter stage: consumes ``wa.ai.draft.requested``, drafts a conversation's reply, publishes
 ``wa.ai.draft.created``.
 
-``draft_reply(request_id, messages)`` claims the request once it is due (``claiming``), drafts with
-the configured drafter (``waflow.drafting``: ``DRAFTER=offline`` or ``chat``), stores the draft as
-``ready`` (or ``failed``, with why) and announces it. A task queued for an earlier message of the
-same burst stands down; one that arrives before the due time goes back on the queue until then.
+``draft_reply(request_id)`` claims the request once it is due (``claiming``), drafts with the
+configured drafter (``waflow.drafting``: ``DRAFTER=offline`` or ``chat``), stores the draft as
+``ready`` (or ``failed``, with why) and announces it. A task that arrives before the due time (the
+client wrote again meanwhile) goes back on the queue until then; a second task for the same request
+(a redelivery, the sweep) finds it claimed and stands down.
 
 It runs on its own Procfile line, on the threads pool: a chat-completions model keeps a draft waiting
 on HTTP for seconds, and a thread waits for it at no CPU cost, so the line's concurrency
@@ -25,7 +26,7 @@ from typing import Any
 from celery import signals
 from requests.adapters import HTTPAdapter
 
-from waflow import config, queues, tasks
+from waflow import config, queues
 from waflow.db import transaction
 from waflow.drafting import ChatDrafter, Drafter, OfflineDrafter, make_drafter
 from waflow.drafts import claiming, publish, sweep
@@ -70,11 +71,11 @@ class Outcome:
     announce: int | None = None  # the draft to announce (wa.ai.draft.created)
 
 
-def draft_request(request_id: int, messages: int | None, task_id: str | None, *, database_url: str | None = None,
+def draft_request(request_id: int, task_id: str | None, *, database_url: str | None = None,
                   using: Drafter | None = None, now: datetime | None = None) -> Outcome:
     """Claim, draft, store: one attempt at one request. Returns what to publish (the caller does, after)."""
     with transaction(database_url) as conn:
-        step = claiming.claim(conn, request_id, messages, task_id, lease=lease(), now=now)
+        step = claiming.claim(conn, request_id, task_id, lease=lease(), now=now)
     if isinstance(step, claiming.NotDue):
         return Outcome("not due", again_in=step.seconds)
     if isinstance(step, claiming.Skipped):
@@ -92,12 +93,11 @@ def draft_request(request_id: int, messages: int | None, task_id: str | None, *,
 
 
 @stage_task(name=publish.DRAFT_TASK, queue=queues.AI_DRAFT_REQUESTED)
-def draft_reply(request_id: int, messages: int | None = None) -> str:
+def draft_reply(request_id: int) -> str:
     """Draft the reply a request asks for, once it is due."""
-    outcome = draft_request(request_id, messages, draft_reply.request.id)
+    outcome = draft_request(request_id, draft_reply.request.id)
     if outcome.again_in is not None:
-        tasks.dispatch(publish.DRAFT_TASK, (request_id, messages),
-                       countdown=min(tasks.MAX_COUNTDOWN, max(0.05, outcome.again_in)))
+        publish.draft_at(request_id, max(0.05, outcome.again_in))
     if outcome.announce is not None:
         publish.created(outcome.announce)
     return outcome.status

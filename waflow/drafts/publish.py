@@ -16,14 +16,15 @@ APPROVED_TASK = "waflow.core.send_approved"  # wa.ai.draft.approved
 
 
 def request(requested: Requested) -> None:
-    """Queue the drafting of a request for its due time (``messages``: the count it was queued for)."""
-    countdown = min(requested.countdown, tasks.MAX_COUNTDOWN)
-    tasks.dispatch(DRAFT_TASK, (requested.request_id, requested.messages), countdown=countdown or None)
+    """Queue the drafting of a request for its due time."""
+    draft_at(requested.request_id, requested.countdown)
 
 
-def draft_again(request_id: int) -> None:
-    """Queue a request found without a task (the sweep): whichever task finds it due drafts it."""
-    tasks.dispatch(DRAFT_TASK, (request_id, None))
+def draft_at(request_id: int, countdown: float = 0.0) -> None:
+    """Queue the drafting of a request in ``countdown`` seconds (a task found it not due yet; the sweep
+    found it without a task): whichever task finds it due drafts it, the others stand down."""
+    countdown = min(countdown, tasks.MAX_COUNTDOWN)
+    tasks.dispatch(DRAFT_TASK, (request_id,), countdown=countdown if countdown > 0 else None)
 
 
 def created(draft_id: int) -> None:

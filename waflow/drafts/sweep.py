@@ -93,7 +93,7 @@ class Timer:
             lost = find_lost(conn, lease=self.lease, now=now)
         now = time.monotonic()
         self._published = {k: t for k, t in self._published.items() if now - t < REPUBLISH_AFTER}
-        for kind, ids, send in (("request", lost.requests, publish.draft_again),
+        for kind, ids, send in (("request", lost.requests, publish.draft_at),
                                 ("announce", lost.announce, publish.created),
                                 ("approval", lost.approvals, publish.approved)):
             for item in ids:
