@@ -343,7 +343,10 @@ class DraftRequest(Base):
     __table_args__ = (
         sa.Index("one_waiting_request_per_conversation", "conversation_id", unique=True,
                  postgresql_where=sa.text("status = 'waiting'"), sqlite_where=sa.text("status = 'waiting'")),
-        sa.Index("ix_draft_requests_status_due", "status", "due_at"),
+        # What the sweep looks through. Not on due_at: each client message moves the due time, and an
+        # update that touches no indexed column stays on its page (HOT), on core's hot path.
+        sa.Index("ix_draft_requests_unfinished", "id", postgresql_where=sa.text("status IN ('waiting', 'drafting')"),
+                 sqlite_where=sa.text("status IN ('waiting', 'drafting')")),
     )
 
     id: Mapped[intpk]

@@ -71,7 +71,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('draft_requests', schema=None) as batch_op:
-        batch_op.create_index('ix_draft_requests_status_due', ['status', 'due_at'], unique=False)
+        batch_op.create_index('ix_draft_requests_unfinished', ['id'], unique=False, postgresql_where=sa.text("status IN ('waiting', 'drafting')"), sqlite_where=sa.text("status IN ('waiting', 'drafting')"))
         batch_op.create_index('one_waiting_request_per_conversation', ['conversation_id'], unique=True, postgresql_where=sa.text("status = 'waiting'"), sqlite_where=sa.text("status = 'waiting'"))
 
     op.create_table('draft_request_messages',
@@ -243,7 +243,7 @@ def downgrade() -> None:
     op.drop_table('draft_request_messages')
     with op.batch_alter_table('draft_requests', schema=None) as batch_op:
         batch_op.drop_index('one_waiting_request_per_conversation', postgresql_where=sa.text("status = 'waiting'"), sqlite_where=sa.text("status = 'waiting'"))
-        batch_op.drop_index('ix_draft_requests_status_due')
+        batch_op.drop_index('ix_draft_requests_unfinished', postgresql_where=sa.text("status IN ('waiting', 'drafting')"), sqlite_where=sa.text("status IN ('waiting', 'drafting')"))
 
     op.drop_table('draft_requests')
     op.drop_table('users')
