@@ -49,7 +49,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=30, help="seconds of the latency phase")
     p.add_argument("--chat-delay", type=float, default=2.0, help="seconds the fake model takes to answer")
     p.add_argument("--chat-conversations", type=int, default=20, help="conversations posted at once (chat phase)")
-    p.add_argument("--chat-concurrency", default="20,4", help="drafter threads to try in the chat phase, comma-separated")
+    p.add_argument("--chat-concurrency", default="20,4",
+                   help="drafter threads to try in the chat phase, comma-separated")
     p.add_argument("--phases", default="latency,chat", help="comma-separated, of latency, chat")
     p.add_argument("--timeout", type=float, default=120, help="a phase gives up this long after its first POST")
     p.add_argument("--broker-url", default=common.BROKER_URL)
@@ -84,10 +85,10 @@ class Poster:
     def post(self, body: bytes) -> bool:
         session = getattr(self._local, "session", None) or requests.Session()
         self._local.session = session
+        headers = {"Content-Type": "application/json", "X-Hub-Signature-256": common.sign(body)}
         for _ in range(3):
             try:
-                if session.post(self.url, data=body, timeout=10, headers={
-                        "Content-Type": "application/json", "X-Hub-Signature-256": common.sign(body)}).status_code == 200:
+                if session.post(self.url, data=body, timeout=10, headers=headers).status_code == 200:
                     return True
             except requests.RequestException:
                 pass

@@ -44,7 +44,8 @@ def webhook(*messages: dict[str, Any], statuses: list[dict[str, Any]] = (), name
     value: dict[str, Any] = {"messaging_product": "whatsapp",
                              "metadata": {"display_phone_number": "15550009999", "phone_number_id": phone_number_id}}
     if messages:
-        value["contacts"] = [{"profile": {"name": name}, "wa_id": w} for w in dict.fromkeys(m["from"] for m in messages)]
+        senders = dict.fromkeys(m["from"] for m in messages)
+        value["contacts"] = [{"profile": {"name": name}, "wa_id": w} for w in senders]
         value["messages"] = list(messages)
     if statuses:
         value["statuses"] = list(statuses)

@@ -135,7 +135,8 @@ def test_a_reply_sent_another_way_makes_the_open_draft_stale_and_cancels_a_waiti
     with transaction(db) as conn:
         commands.command(conn, key="cli:2", recipient=CLIENT, message={"kind": "template", "name": "hello_world"},
                          phone_number_id="1122334455")
-    assert scalar(db, "SELECT status FROM draft_requests WHERE id = (SELECT max(id) FROM draft_requests)") == "cancelled"
+    newest = "SELECT status FROM draft_requests WHERE id = (SELECT max(id) FROM draft_requests)"
+    assert scalar(db, newest) == "cancelled"
 
 
 def test_a_broadcast_to_the_client_leaves_their_draft_open(db):

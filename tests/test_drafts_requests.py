@@ -1,4 +1,5 @@
-"""Core asks for drafts: which client messages do, one request per burst, superseding, redelivery (issue 17, items 1, 2).
+"""Core asks for drafts: which client messages do, one request per burst, superseding, redelivery
+(issue 17, items 1, 2).
 
 Plain functions on SQLite and, when set, PostgreSQL.
 """
@@ -18,7 +19,7 @@ from drafts_support import (CLIENT, client_writes, draft, events_of, message, re
 from support import ROOT, orm
 from waflow.config import settings
 from waflow.core import persist_event
-from waflow.db import get_engine, transaction
+from waflow.db import transaction
 from waflow.drafts import requests
 from waflow.models import DraftRequest
 
@@ -172,7 +173,8 @@ def test_messages_stored_before_this_feature_start_no_draft(db_url):
         contact = conn.execute(sa.text("SELECT id FROM contacts WHERE wa_id = '628999'")).scalar()
         conn.execute(sa.text("INSERT INTO conversations (contact_id, phone_number_id, created_at) "
                              "VALUES (:c, :p, :t)"), {"c": contact, "p": "1122334455", "t": datetime.now(timezone.utc)})
-        conversation = conn.execute(sa.text("SELECT id FROM conversations WHERE contact_id = :c"), {"c": contact}).scalar()
+        conversation = conn.execute(sa.text("SELECT id FROM conversations WHERE contact_id = :c"),
+                                    {"c": contact}).scalar()
         conn.execute(sa.text(
             "INSERT INTO messages (wamid, conversation_id, contact_id, phone_number_id, direction, type, body, "
             "sent_at, content, created_at) VALUES ('wamid.BEFORE', :v, :c, '1122334455', 'inbound', 'text', "

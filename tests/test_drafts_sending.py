@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import sqlalchemy as sa
 
-from drafts_support import CLIENT, client_writes, draft, lawyer, one, ready_draft, scalar
+from drafts_support import CLIENT, client_writes, lawyer, one, ready_draft, scalar
 from support import SimulatorProcess
 from waflow import compose, limiter, whatsapp
 from waflow.config import settings
@@ -223,7 +223,8 @@ def test_core_refuses_an_approval_whose_words_no_longer_match_its_digest(stage):
     try:
         assert hand_over(stage, result.approval_id) == []
         assert scalar(stage.db, "SELECT count(*) FROM outbound_messages") == 0
-        assert scalar(stage.db, "SELECT refused FROM draft_approvals") == "its words no longer match the approved digest"
+        refused = scalar(stage.db, "SELECT refused FROM draft_approvals")
+        assert refused == "its words no longer match the approved digest"
     finally:
         if not stage.db.startswith("postgresql"):
             with transaction(stage.db) as conn:

@@ -36,7 +36,8 @@ def _fail(exc: users.UserError, as_json: bool = False) -> None:
 
 def _describe(person: users.Person) -> str:
     state = "active" if person.active else "deactivated"
-    return f"{person.email}  {person.name}  {person.role}  {person.locale}  {state}" + ("  demo" if person.is_demo else "")
+    demo = "  demo" if person.is_demo else ""
+    return f"{person.email}  {person.name}  {person.role}  {person.locale}  {state}{demo}"
 
 
 @users_group.command("create")

@@ -230,7 +230,8 @@ def write_by_hand(conn: sa.Connection, conversation_id: int, by_user: str | Pers
 def redraft(conn: sa.Connection, conversation_id: int, by_user: str | Person | None = None,
             now: datetime | None = None) -> requests.Requested:
     """Ask for a new draft of the conversation's reply, answering what its latest draft answered (unless
-    a reply reached the client since: an approval, a reply by hand, ``send``). Queue the result with ``publish.request``."""
+    a reply reached the client since: an approval, a reply by hand, ``send``). Queue the result with
+    ``publish.request``."""
     now = now or datetime.now(timezone.utc)
     if by_user is not None:
         _decider(conn, by_user)
