@@ -21,6 +21,13 @@ def test_it_stores_an_email_lower_cased_and_refuses_the_same_address_in_another_
         assert users.get(conn, "ratna@FIRMA.id").id == person.id
 
 
+def test_the_database_refuses_an_email_stored_in_another_case(db_url):
+    lawyer(db_url, "ratna@firma.id")
+    with pytest.raises(sa.exc.IntegrityError):
+        with transaction(db_url) as conn:
+            conn.execute(sa.text("UPDATE users SET email = 'Ratna@firma.id'"))
+
+
 def test_a_password_is_kept_as_an_argon2id_hash(db_url):
     lawyer(db_url)
     stored = one(db_url, "SELECT password_hash FROM users").password_hash

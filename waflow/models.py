@@ -312,7 +312,9 @@ class User(Base):
 
     __tablename__ = "users"
     __table_args__ = (sa.CheckConstraint("role IN ('lawyer', 'admin')", name="user_role"),
-                      sa.CheckConstraint("locale IN ('id', 'en')", name="user_locale"))
+                      sa.CheckConstraint("locale IN ('id', 'en')", name="user_locale"),
+                      # Stored lower-cased, so the unique key is case-insensitive even for a row written by hand.
+                      sa.CheckConstraint("email = lower(email)", name="user_email_lower_case"))
 
     id: Mapped[intpk]
     email: Mapped[str] = mapped_column(sa.Text, unique=True)

@@ -50,6 +50,7 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('deactivated_at', sa.DateTime(timezone=True), nullable=True),
+    sa.CheckConstraint("email = lower(email)", name='user_email_lower_case'),
     sa.CheckConstraint("locale IN ('id', 'en')", name='user_locale'),
     sa.CheckConstraint("role IN ('lawyer', 'admin')", name='user_role'),
     sa.PrimaryKeyConstraint('id'),
