@@ -198,6 +198,8 @@ def test_words_meta_would_refuse_are_refused_before_anything_is_decided(db):
         decide(db, decisions.approve, draft_id, BY, text="x" * 4097)
     with pytest.raises(InvalidDecision, match="not both"):
         decide(db, decisions.approve, draft_id, BY, text="a", template="hello_world")
+    with pytest.raises(InvalidDecision, match="via must be one of cli, dashboard"):
+        decide(db, decisions.approve, draft_id, BY, "email")
     assert scalar(db, "SELECT status FROM drafts") == "ready"
 
 

@@ -62,8 +62,10 @@ class Rejected:
 Person = users.Person
 
 
-def _decider(conn: sa.Connection, by: str | Person) -> Person:
+def _decider(conn: sa.Connection, by: str | Person, via: str = "cli") -> Person:
     """The active user deciding (looked up again: a session may outlive a deactivation)."""
+    if via not in VIA:
+        raise InvalidDecision(f"via must be one of {', '.join(VIA)}")
     return users.active(conn, by.email if isinstance(by, users.Person) else by)
 
 
@@ -122,8 +124,6 @@ def _record(conn: sa.Connection, *, draft_id: int | None, conversation_id: int, 
             original: str | None, final: str | None, approval_id: int | None = None, reason: str | None = None,
             note: str | None = None, now: datetime) -> int:
     """Append the decision to the audit log."""
-    if via not in VIA:
-        raise InvalidDecision(f"via must be one of {', '.join(VIA)}")
     distance = Levenshtein.distance(original or "", final) if final is not None and original is not None else None
     return conn.execute(sa.insert(DraftDecision).values(
         draft_id=draft_id, conversation_id=conversation_id, user_id=person.id, via=via, action=action, reason=reason,
@@ -144,7 +144,7 @@ def approve(conn: sa.Connection, draft_id: int, by_user: str | Person, via: str 
     """Approve a draft: as drafted, with ``text`` instead (edit and approve), or an approved ``template``
     with its ``params`` (outside the 24-hour window, the only way). Publish the result after the commit."""
     now = now or datetime.now(timezone.utc)
-    person = _decider(conn, by_user)
+    person = _decider(conn, by_user, via)
     draft = _draft(conn, draft_id)
     _refuse_decided(conn, draft)
     kind, words = _words(text, template, params, language, draft.language)
@@ -181,7 +181,7 @@ def reject(conn: sa.Connection, draft_id: int, by_user: str | Person, via: str =
         raise InvalidDecision(f"the reason must be one of {', '.join(REJECT_REASONS)}")
     if reason == "other" and not (note or "").strip():
         raise InvalidDecision("reason 'other' needs a note saying why")
-    person = _decider(conn, by_user)
+    person = _decider(conn, by_user, via)
     draft = _draft(conn, draft_id)
     _refuse_decided(conn, draft)
     decided = conn.execute(sa.update(Draft).where(Draft.id == draft.id, Draft.status.in_(("ready", "failed")))
@@ -202,7 +202,7 @@ def write_by_hand(conn: sa.Connection, conversation_id: int, by_user: str | Pers
     """A reply in the lawyer's own words: approved as written, sent like an approved draft; the open draft
     (compared with it in the audit log) goes stale, and a waiting request is cancelled."""
     now = now or datetime.now(timezone.utc)
-    person = _decider(conn, by_user)
+    person = _decider(conn, by_user, via)
     _, words = _words(text, None, (), None, None)
     if not words or not words.strip():
         raise InvalidDecision("a reply needs words")
