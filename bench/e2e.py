@@ -40,7 +40,8 @@ import _common as common
 from _common import queues
 
 TABLES = ("messages", "message_statuses", "conversations", "contacts", "media", "webhook_payloads", "webhook_events",
-          "outbound_messages", "broadcasts", "dead_letter_replays", "dead_letters", "redeliveries")
+          "outbound_messages", "broadcasts", "dead_letter_replays", "dead_letters", "redeliveries",
+          "draft_decisions", "draft_approvals", "drafts", "draft_request_messages", "draft_requests", "users", "changes")
 PHASES = ("batched", "single", "latency")
 WORKERS = ("ingestor", "core", "media")
 STAGE_QUEUES = (queues.INCOMING_RAW, queues.INCOMING_NORMALIZED, queues.MEDIA_PROCESSING)

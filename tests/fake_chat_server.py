@@ -1,7 +1,8 @@
 """A local server that speaks the OpenAI chat-completions API, for the chat drafter's tests.
 
 Each test queues what the next requests get (status, JSON body or raw bytes, delay); with nothing queued the
-server answers a normal completion. Every request is recorded (headers and body) so a test can check what
+server answers ``default`` (a normal completion at once, unless given another). ``bench/drafts.py`` runs it as
+a model that answers in 2 s. Every request is recorded (headers and body) so a test can check what
 the drafter sent. It listens on a free loopback port in a thread of the test process.
 """
 from __future__ import annotations
@@ -37,10 +38,12 @@ class Received:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    at: float = 0.0  # time.time() when the request arrived
 
 
 class FakeChatServer:
-    def __init__(self) -> None:
+    def __init__(self, default: Reply | None = None) -> None:
+        self.default = default or Reply()
         self.replies: deque[Reply] = deque()
         self.received: list[Received] = []
         server = self
@@ -48,8 +51,9 @@ class FakeChatServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 length = int(self.headers.get("Content-Length", 0))
-                server.received.append(Received(self.path, dict(self.headers), json.loads(self.rfile.read(length))))
-                reply = server.replies.popleft() if server.replies else Reply()
+                server.received.append(Received(self.path, dict(self.headers), json.loads(self.rfile.read(length)),
+                                                time.time()))
+                reply = server.replies.popleft() if server.replies else server.default
                 time.sleep(reply.delay)
                 payload = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
                 try:

@@ -28,7 +28,8 @@ import sqlalchemy as sa
 from support import Stack, compact, sign, wait_for
 from waflow.db import get_engine
 
-STAGES = (("ingestor", "wa.incoming.raw"), ("core", "wa.incoming.normalized"), ("media", "wa.media.processing"))
+STAGES = (("ingestor", "wa.incoming.raw"), ("core", "wa.incoming.normalized,wa.ai.draft.approved"),
+          ("media", "wa.media.processing"))
 
 
 def webhook(wamid: str, n: int, *, image: bool = False) -> bytes:

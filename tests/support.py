@@ -32,9 +32,10 @@ REFERENCE_BODY = (
 )
 REFERENCE_SIGNATURE = "sha256=54edfa1d7259e0eb13c677cc7d73d1b5c86cfa12433d19156e058ab9251bc441"
 
-# In an order SQLite can delete them in (children first): outbound messages point at their media files.
-TABLES = ("message_statuses", "messages", "conversations", "contacts", "webhook_payloads", "webhook_events",
-          "dead_letter_replays", "dead_letters", "redeliveries", "outbound_messages", "broadcasts", "media")
+# Children before the tables they reference (SQLite deletes and drops them in this order).
+TABLES = ("draft_decisions", "outbound_messages", "broadcasts", "draft_approvals", "drafts", "draft_request_messages",
+          "draft_requests", "users", "changes", "message_statuses", "messages", "conversations", "contacts", "media",
+          "webhook_payloads", "webhook_events", "dead_letter_replays", "dead_letters", "redeliveries")
 
 
 class RecordingPublisher:
@@ -155,11 +156,15 @@ def purge_queues(broker_url: str, env: dict[str, str]) -> None:
 
 
 class Stack:
-    """gunicorn, the ingestor, core and media workers and the dead-letter recorder, as the Procfile runs them,
-    and the Meta simulator (``simulator=False``: none; then the test runs its own)."""
+    """gunicorn, the ingestor, core, media, drafter and announcer workers and the dead-letter recorder, as the
+    Procfile runs them (the sender is started by the tests that send), and the Meta simulator
+    (``simulator=False``: none; then the test runs its own)."""
 
-    WORKERS = (("ingestor", "wa.incoming.raw"), ("core", "wa.incoming.normalized"),
-               ("media", "wa.media.processing"))
+    WORKERS = (("ingestor", "wa.incoming.raw"), ("core", "wa.incoming.normalized,wa.ai.draft.approved"),
+               ("media", "wa.media.processing"), ("drafter", "wa.ai.draft.requested"),
+               ("announcer", "wa.ai.draft.created"))
+    # As the Procfile runs them: the drafter waits on a model's HTTP answer, on threads.
+    EXTRA = {"drafter": ("-P", "threads")}
 
     def __init__(self, *, database_url: str, broker_url: str, var_dir: str, secret: str = REFERENCE_SECRET,
                  simulator: bool = True):
@@ -220,6 +225,7 @@ class Stack:
 
     def start_worker(self, name: str, queue: str, *extra: str) -> None:
         bin_dir = Path(sys.executable).parent
+        extra = (*self.EXTRA.get(name, ()), *extra)
         self._spawn(name, [str(bin_dir / "celery"), "-A", "waflow", "worker", "-Q", queue, "-n", f"{name}@%h",
                            "-c", "2", "-l", "INFO", "--without-mingle", "--without-gossip", *extra])
 

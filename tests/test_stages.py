@@ -77,7 +77,11 @@ def wiring_problems(registry: tuple[Stage, ...], not_yet: dict[str, str], declar
             problems.append(f"README.md's queue table has no row for {queue}")
         elif readme[queue] != expected:
             problems.append(f"README.md gives {queue} to {readme[queue]!r}, the registry to {expected!r}")
-    tasks = {task: stage.consumes[0] for stage in registry for task in stage.tasks}
+    tasks = {task: stage.queue_of(task) for stage in registry for task in stage.tasks}
+    for stage in registry:
+        for task, queue in stage.routes:
+            if queue not in stage.consumes:
+                problems.append(f"{stage.name} routes {task} to {queue}, which it does not consume")
     for task in sorted(set(tasks) | set(registered)):
         if task not in registered:
             problems.append(f"the registry names {task}, which Celery has not registered")
@@ -115,9 +119,25 @@ def test_the_registry_agrees_with_the_queues_tasks_procfiles_and_readme():
     assert wiring_problems(**actual()) == []
 
 
-def test_the_draft_queues_show_in_code_as_not_yet_consumed():
-    assert set(stages.NOT_YET_CONSUMED) == {queues.AI_DRAFT_CREATED, queues.AI_DRAFT_APPROVED}
-    assert all(stages.consumer_of(q) is None for q in stages.NOT_YET_CONSUMED)
+def test_every_seed_queue_now_has_its_consumer():
+    assert stages.NOT_YET_CONSUMED == {}
+    assert stages.consumer_of(queues.AI_DRAFT_CREATED).name == "announcer"
+    assert stages.consumer_of(queues.AI_DRAFT_APPROVED).name == "core"
+    assert stages.consumer_of(queues.AI_DRAFT_REQUESTED).name == "drafter"
+
+
+def test_a_stage_routes_each_task_to_the_queue_it_names():
+    assert stages.queue_of("waflow.core.handle_normalized") == queues.INCOMING_NORMALIZED
+    assert stages.queue_of("waflow.core.send_approved") == queues.AI_DRAFT_APPROVED
+    assert stages.task_routes()["waflow.core.send_approved"] == {"queue": queues.AI_DRAFT_APPROVED}
+
+
+def test_it_reports_a_task_routed_to_a_queue_its_stage_does_not_consume():
+    wiring = actual()
+    wiring["registry"] = tuple(replace(s, routes=(("waflow.core.send_approved", queues.MEDIA_PROCESSING),))
+                               if s.name == "core" else s for s in STAGES)
+    problems = wiring_problems(**wiring)
+    assert "core routes waflow.core.send_approved to wa.media.processing, which it does not consume" in problems
 
 
 def test_it_reports_a_declared_work_queue_without_a_consumer():
@@ -175,6 +195,7 @@ INFRASTRUCTURE = {
     "waflow.limiter.redis_store", "waflow.limiter.file_store", "waflow.dlq", "waflow.dlq.records", "waflow.failures",
     "waflow.whatsapp_media", "waflow.mediastore", "waflow.mediastore.base", "waflow.mediastore.local",
     "waflow.mediastore.s3",
+    "waflow.changelog", "waflow.users",
 }
 
 

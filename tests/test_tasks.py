@@ -31,7 +31,8 @@ def _procfile_queues(name: str) -> dict[str, str]:
 
 def test_every_seed_queue_and_the_dead_letter_queue_are_declared_durable():
     declared = {q.name: q for q in app.conf.task_queues}
-    assert set(declared) == set(queues.SEED_QUEUES) | {"wa.outgoing.broadcast", "wa.dead_letter"}
+    assert set(declared) == set(queues.SEED_QUEUES) | {"wa.outgoing.broadcast", "wa.ai.draft.requested",
+                                                      "wa.dead_letter"}
     assert all(q.durable for q in declared.values())
     dead_letter = declared.pop("wa.dead_letter")
     assert {(b.exchange.name, b.routing_key) for b in dead_letter.bindings} == {("wa", "wa.dead_letter"),
@@ -45,7 +46,9 @@ def test_every_seed_queue_and_the_dead_letter_queue_are_declared_durable():
 
 def test_every_task_is_routed_by_its_pinned_name_to_its_own_queue():
     assert set(STAGE_TASKS) == {"waflow.ingestor.ingest_raw", "waflow.core.handle_normalized",
-                                "waflow.media.record_media", "waflow.outbound.send_message"}
+                                "waflow.core.send_approved", "waflow.media.record_media",
+                                "waflow.outbound.send_message", "waflow.drafts.drafter.draft_reply",
+                                "waflow.drafts.announcer.announce_draft"}
     for name, task in STAGE_TASKS.items():
         assert app.conf.task_routes[name] == {"queue": task.queue}
         assert name.split(".")[1] == task.__module__.split(".")[1]  # waflow.<stage>.<task> lives in waflow/<stage>.py

@@ -11,6 +11,8 @@ Limits: ``../shared/reference/whatsapp-cloud-api.md`` section 6.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Annotated, Any, Literal, Union
 
@@ -268,3 +270,34 @@ def request_body(message: Any, recipient: str) -> dict[str, Any]:
     if message.reply_to:
         body["context"] = {"message_id": message.reply_to}
     return body
+
+
+# --- what a person approves (waflow/drafts/) --------------------------------------------------------------------
+
+
+def canonical_template(name: str, language: str, parameters: list[str] | tuple[str, ...]) -> str:
+    """A template send as one string (name, language and parameters in JSON): what an approval of a
+    template approves, and hashes."""
+    return json.dumps({"language": language, "parameters": list(parameters), "template": name},
+                      ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def approved_text(body: dict[str, Any]) -> str | None:
+    """The words a request body to Meta carries, as an approval records them: a text's body, or a
+    template's canonical form; None for any other kind (or a body that is not Meta's shape)."""
+    try:
+        if body.get("type") == "text":
+            return body["text"]["body"]
+        if body.get("type") == "template":
+            template = body["template"]
+            parameters = [p["text"] for c in template.get("components", []) if c.get("type") == "body"
+                          for p in c.get("parameters", [])]
+            return canonical_template(template["name"], template["language"]["code"], parameters)
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return None
+
+
+def digest(text: str) -> str:
+    """sha256 of the words, hex: what an approval records and the sender checks."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

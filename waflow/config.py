@@ -113,7 +113,7 @@ VARIABLES = (
     "SIMULATOR_PORT", "SIMULATOR_WEBHOOK_URL",
     "WAFLOW_QUEUE_TYPE", "WAFLOW_DEAD_LETTER_RETENTION_DAYS",
     "DRAFTER", "DRAFT_LLM_URL", "DRAFT_LLM_MODEL", "DRAFT_LLM_API_KEY", "DRAFT_LLM_TIMEOUT",
-    "DRAFT_LLM_SEND_CLIENT_TEXT", "WAFLOW_KNOWLEDGE_DIR", "WAFLOW_DEFAULT_COUNTRY_CODE",
+    "DRAFT_LLM_SEND_CLIENT_TEXT", "WAFLOW_KNOWLEDGE_DIR", "DRAFT_QUIET_SECONDS", "WAFLOW_DEFAULT_COUNTRY_CODE",
     "WAFLOW_MEDIA_DIR", "WAFLOW_MEDIA_DIR_SHARED", "WAFLOW_MEDIA_URL", "WAFLOW_MEDIA_RETENTION_DAYS",
     "WAFLOW_MEDIA_DOWNLOAD_RATE",
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
@@ -208,6 +208,8 @@ class Settings:
     draft_llm_timeout: float
     draft_llm_send_client_text: bool
     knowledge_dir: Path
+    # Seconds a conversation must stay quiet before its reply is drafted (waflow/drafts/requests.py).
+    draft_quiet_seconds: float
     # Where media files live (waflow.mediastore, _media_settings below).
     media_dir: Path
     media_dir_shared: bool
@@ -338,6 +340,9 @@ def _drafting_settings(env: Mapping[str, str], production: bool) -> dict[str, ob
         "draft_llm_send_client_text": send_client_text,
         # The firm's knowledge base (docs/knowledge-base.md); by default the shipped sample.
         "knowledge_dir": Path(env.get("WAFLOW_KNOWLEDGE_DIR") or BASE_DIR / "knowledge").resolve(),
+        # A client typing three lines in a row sends them seconds apart: each pushes the draft this long,
+        # so one draft answers all three; and a lawyer waits at most this long for the draft to start.
+        "draft_quiet_seconds": _float(env, "DRAFT_QUIET_SECONDS", 3.0, 0.0, 60.0),
     }
 
 

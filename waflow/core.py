@@ -1,12 +1,15 @@
-"""Core: consumes ``wa.incoming.normalized`` and persists each event in one transaction.
+"""Core: consumes ``wa.incoming.normalized`` and persists each event in one transaction; consumes
+``wa.ai.draft.approved`` and hands each approved reply to the sender.
 
 - message: the contact (by ``wa_id`` and/or business-scoped ``user_id``), the
   conversation (contact x business number) and the message, keyed on its wamid,
   so a redelivered webhook leaves one row. A new inbound message then reaches
-  ``on_new_inbound_message``, the one place the AI draft step plugs in.
+  ``on_new_inbound_message``, the one place the AI draft step plugs in: a message
+  to answer asks for a draft in the same transaction (``waflow.drafts.requests``).
 - status: every status kept as history (also for a wamid waflow has not seen);
   the message's current status only moves forward (``models.STATUS_RANK``).
 - error / field: stored in ``webhook_events``.
+- approval (``send_approved``): the sender's command, keyed by the approval (``waflow.drafts.sending``).
 
 Design: ``../shared/seed/event-bus-async-workflow.en.md`` section 3.1, step 7.
 """
@@ -22,8 +25,10 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 
 from waflow import queues
+from waflow.config import settings
 from waflow.contacts import upsert_contact, upsert_conversation
 from waflow.db import insert, transaction
+from waflow.drafts import publish, requests, sending
 from waflow.events import InvalidEvent, NormalizedEvent
 from waflow.models import STATUS_RANK, Message, MessageStatus, WebhookEvent, status_rank
 from waflow.outbound import commands, settle
@@ -47,8 +52,8 @@ def _sql(dialect: str) -> SimpleNamespace:
     )
 
 
-def persist_message(conn: sa.Connection, event: NormalizedEvent) -> int | None:
-    """Store an inbound message; return its row id, or None if it was already stored."""
+def persist_message(conn: sa.Connection, event: NormalizedEvent) -> tuple[int, int] | None:
+    """Store an inbound message; return its row id and its conversation's, or None if it was already stored."""
     msg, contact = event.message, event.contact
     assert msg is not None and contact is not None
     phone_number_id = event.phone_number_id or ""
@@ -56,12 +61,13 @@ def persist_message(conn: sa.Connection, event: NormalizedEvent) -> int | None:
     contact_id = upsert_contact(conn, contact)
     conversation_id = upsert_conversation(conn, contact_id, phone_number_id, event.display_phone_number, sent_at)
     content = msg.model_dump(mode="json", exclude={"wamid", "type", "timestamp", "text"}, exclude_none=True)
-    return conn.execute(_sql(conn.dialect.name).insert_message, {
+    message_id = conn.execute(_sql(conn.dialect.name).insert_message, {
         "wamid": msg.wamid, "conversation_id": conversation_id, "contact_id": contact_id,
         "phone_number_id": phone_number_id, "direction": "inbound", "type": msg.type, "body": msg.text,
         "sent_at": sent_at, "received_at": _at(event.received_at),
         "context_wamid": msg.context.quoted_wamid if msg.context else None, "content": content,
     }).scalar()
+    return None if message_id is None else (message_id, conversation_id)
 
 
 def persist_status(conn: sa.Connection, event: NormalizedEvent, following: list | None = None) -> bool:
@@ -103,22 +109,33 @@ def persist_webhook_event(conn: sa.Connection, event: NormalizedEvent) -> bool:
     }).rowcount == 1
 
 
-def on_new_inbound_message(conn: sa.Connection, message_id: int, event: NormalizedEvent) -> None:
+def on_new_inbound_message(conn: sa.Connection, message_id: int, conversation_id: int,
+                           event: NormalizedEvent) -> requests.Requested | None:
     """Plug-in point for the AI draft step: runs once per new inbound message, inside its transaction.
 
-    The AI issue replaces this body with: record a draft request for ``message_id``
-    and, after commit, publish to ``wa.ai.draft.created``. Today it only logs.
-    """
-    logger.debug("core: new inbound message id=%s wamid=%s", message_id, event.message and event.message.wamid)
+    A message that asks for a reply supersedes the conversation's open draft and joins its waiting
+    draft request (``waflow.drafts.requests``); returns the drafting task to queue after the commit."""
+    if not requests.draftable(event):
+        return None
+    return requests.request_draft(conn, conversation_id, message_id, quiet=settings.draft_quiet_seconds)
 
 
-def persist_event(conn: sa.Connection, event: NormalizedEvent, following: list | None = None) -> bool:
-    """Persist one normalized event; return False when it had been persisted before."""
+def persist_event(conn: sa.Connection, event: NormalizedEvent, following: list | None = None,
+                  drafts: list | None = None) -> bool:
+    """Persist one normalized event; return False when it had been persisted before.
+
+    ``following`` gathers the sends to queue after the commit, ``drafts`` the drafting tasks."""
     if event.kind == "message":
-        message_id = persist_message(conn, event)
-        if message_id is None:
+        stored = persist_message(conn, event)
+        if stored is None:
+            # Redelivered: its drafting task may never have been queued (a crash after the commit).
+            again = requests.waiting_for(conn, event.message.wamid) if event.message else None
+            if again is not None and drafts is not None:
+                drafts.append(again)
             return False
-        on_new_inbound_message(conn, message_id, event)
+        requested = on_new_inbound_message(conn, *stored, event)
+        if requested is not None and drafts is not None:
+            drafts.append(requested)
         return True
     if event.kind == "status":
         return persist_status(conn, event, following)
@@ -133,7 +150,19 @@ def handle_normalized(event: dict[str, Any]) -> None:
     except ValidationError as exc:
         raise InvalidEvent.from_validation(exc) from None  # pydantic's own text quotes the input
     following: list = []
+    drafts: list = []
     with transaction() as conn:
-        if not persist_event(conn, parsed, following):
+        if not persist_event(conn, parsed, following, drafts):
             logger.info("handle_normalized: %s already persisted, skipped", parsed.event_id)
     commands.enqueue(following)
+    for requested in drafts:
+        if requested.new:  # a message that joined a waiting request: its task is already on its way
+            publish.request(requested)
+
+
+@stage_task(name=publish.APPROVED_TASK, queue=queues.AI_DRAFT_APPROVED)
+def send_approved(approval_id: int) -> None:
+    """Hand a lawyer's approved reply to the sender, once per approval."""
+    with transaction() as conn:
+        queued = sending.command_approved(conn, approval_id)
+    commands.enqueue(queued)

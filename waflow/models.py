@@ -1,4 +1,5 @@
-"""Database tables: contacts, conversations, messages, statuses, media, raw payloads, dead letters.
+"""Database tables: contacts, conversations, messages, statuses, media, raw payloads, dead letters,
+outbound messages, and the AI reply drafts with their users, approvals, decisions and change log.
 
 Every table a stage writes has a unique key from Meta's data, so that a
 redelivered webhook or task leaves one row: the database judges "already done".
@@ -19,6 +20,8 @@ BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 intpk = Annotated[int, mapped_column(BigId, primary_key=True, autoincrement=True)]
 tstamp = Annotated[datetime, mapped_column(sa.DateTime(timezone=True))]
 json_doc = Annotated[dict[str, Any], mapped_column()]
+JSON_VALUE = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+json_list = Annotated[list[Any], mapped_column(JSON_VALUE)]
 
 
 def utcnow() -> datetime:
@@ -296,6 +299,12 @@ class OutboundMessage(Base):
     # that message's outcome sends this one on (waflow.outbound).
     parked: Mapped[bool] = mapped_column(default=False)
     wamid: Mapped[str | None] = mapped_column(sa.Text, unique=True)
+    # A lawyer's approved reply (waflow.drafts): the sender sends it only while its words are the approval's.
+    approval_id: Mapped[int | None] = mapped_column(
+        BigId, sa.ForeignKey("draft_approvals.id", name="outbound_messages_approval_id_fkey"), unique=True)
+    # For such a send: the sha256 of the words (compose.approved_text) of the body posted to Meta at its
+    # latest attempt, the sender's own record for `flask --app wsgi drafts audit`.
+    posted_sha256: Mapped[str | None] = mapped_column(sa.Text)
     error_code: Mapped[int | None]
     error_title: Mapped[str | None] = mapped_column(sa.Text)
     error_details: Mapped[str | None] = mapped_column(sa.Text)
@@ -310,3 +319,200 @@ class OutboundMessage(Base):
     created_at: Mapped[created_at]
     updated_at: Mapped[created_at]
     accepted_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+# --- AI reply drafts (waflow/drafts/) ---------------------------------------------------------------------------
+
+USER_ROLES = ("lawyer", "admin")
+USER_LOCALES = ("id", "en")
+
+
+class User(Base):
+    """A person who signs in: a lawyer who decides on drafts, or an admin.
+
+    ``email`` is stored lower-cased, so its unique key is case-insensitive. ``session_epoch`` grows
+    when the user is deactivated or their password changes; a session made under an older epoch is
+    over (the dashboard keeps the epoch in its session)."""
+
+    __tablename__ = "users"
+    __table_args__ = (sa.CheckConstraint("role IN ('lawyer', 'admin')", name="user_role"),
+                      sa.CheckConstraint("locale IN ('id', 'en')", name="user_locale"),
+                      # Stored lower-cased, so the unique key is case-insensitive even for a row written by hand.
+                      sa.CheckConstraint("email = lower(email)", name="user_email_lower_case"))
+
+    id: Mapped[intpk]
+    email: Mapped[str] = mapped_column(sa.Text, unique=True)
+    name: Mapped[str] = mapped_column(sa.Text)
+    role: Mapped[str] = mapped_column(sa.Text)
+    locale: Mapped[str] = mapped_column(sa.Text)
+    password_hash: Mapped[str] = mapped_column(sa.Text)  # Argon2id (argon2-cffi's encoded form)
+    active: Mapped[bool] = mapped_column(default=True)
+    session_epoch: Mapped[int] = mapped_column(default=0)
+    is_demo: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[created_at]
+    updated_at: Mapped[created_at]
+    deactivated_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+# A request is `waiting` (its due time still moves with each client message), `drafting` (claimed by a
+# drafter), then `done`; `cancelled` when a reply reached the client before it was drafted.
+REQUEST_STATUSES = ("waiting", "drafting", "done", "cancelled")
+
+
+class DraftRequest(Base):
+    """A conversation's reply to be drafted once the client has been quiet until ``due_at``.
+
+    At most one request per conversation is `waiting`: each new client message pushes its due time
+    and adds itself to it, so lines typed in a row get one draft."""
+
+    __tablename__ = "draft_requests"
+    __table_args__ = (
+        sa.Index("one_waiting_request_per_conversation", "conversation_id", unique=True,
+                 postgresql_where=sa.text("status = 'waiting'"), sqlite_where=sa.text("status = 'waiting'")),
+        # What the sweep looks through. Not on due_at: each client message moves the due time, and an
+        # update that touches no indexed column stays on its page (HOT), on core's hot path.
+        sa.Index("ix_draft_requests_unfinished", "id", postgresql_where=sa.text("status IN ('waiting', 'drafting')"),
+                 sqlite_where=sa.text("status IN ('waiting', 'drafting')")),
+    )
+
+    id: Mapped[intpk]
+    conversation_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("conversations.id"))
+    status: Mapped[str] = mapped_column(sa.Text, default="waiting")
+    due_at: Mapped[tstamp]
+    # How many client messages it holds; a drafting task carries the count it was queued for, so only
+    # the task queued for the latest message waits for the due time (the earlier ones stand down).
+    messages: Mapped[int] = mapped_column(default=0)
+    # Who asked for it: core (a client message) or a person (`redraft`).
+    origin: Mapped[str] = mapped_column(sa.Text, default="client")
+    claimed_by: Mapped[str | None] = mapped_column(sa.Text)
+    claimed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # When a reply reached the client that answers its messages (an approval, a reply by hand or `send`).
+    answered_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    created_at: Mapped[created_at]
+    updated_at: Mapped[created_at]
+
+
+class DraftRequestMessage(Base):
+    """A client message a draft request answers."""
+
+    __tablename__ = "draft_request_messages"
+
+    request_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("draft_requests.id"), primary_key=True)
+    message_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("messages.id"), primary_key=True, index=True)
+
+
+# pending (being drafted) -> ready | failed -> approved | rejected | superseded (pending too may be superseded).
+DRAFT_STATUSES = ("pending", "ready", "failed", "approved", "rejected", "superseded")
+OPEN_DRAFT_STATUSES = ("pending", "ready", "failed")
+
+
+class Draft(Base):
+    """One reply draft: what it answers, how it was made, its words, and where it stands.
+
+    Once approved, its send's state is read from the send itself (``outbound_messages`` and the
+    message's status webhooks), never copied here."""
+
+    __tablename__ = "drafts"
+    __table_args__ = (
+        sa.Index("one_open_draft_per_conversation", "conversation_id", unique=True,
+                 postgresql_where=sa.text("status IN ('pending', 'ready', 'failed')"),
+                 sqlite_where=sa.text("status IN ('pending', 'ready', 'failed')")),
+        sa.Index("ix_drafts_conversation", "conversation_id", "id"),
+    )
+
+    id: Mapped[intpk]
+    conversation_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("conversations.id"))
+    request_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("draft_requests.id"), unique=True)
+    status: Mapped[str] = mapped_column(sa.Text, default="pending", index=True)
+    # Why it was superseded: client_wrote, replied (a reply reached the client another way), redraft.
+    status_reason: Mapped[str | None] = mapped_column(sa.Text)
+    # The wamids of the client messages it answers, oldest first.
+    answers: Mapped[json_list]
+    drafter: Mapped[str | None] = mapped_column(sa.Text)  # offline | chat: whose text it is
+    model: Mapped[str | None] = mapped_column(sa.Text)
+    prompt_version: Mapped[str | None] = mapped_column(sa.Text)
+    # The knowledge-base entries used, with their retrieval scores: [{"entry_id", "score"}].
+    sources: Mapped[list[Any] | None] = mapped_column(JSON_VALUE)
+    text: Mapped[str | None] = mapped_column(sa.Text)
+    language: Mapped[str | None] = mapped_column(sa.Text)
+    flags: Mapped[list[Any] | None] = mapped_column(JSON_VALUE)
+    confidence: Mapped[float | None]
+    latency_ms: Mapped[int | None]
+    prompt_tokens: Mapped[int | None]
+    completion_tokens: Mapped[int | None]
+    finish_reason: Mapped[str | None] = mapped_column(sa.Text)
+    fallback_reason: Mapped[str | None] = mapped_column(sa.Text)
+    # Why drafting failed (an error's type, never client text).
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    claimed_by: Mapped[str | None] = mapped_column(sa.Text)  # the drafting task run that holds it pending
+    created_at: Mapped[created_at]
+    finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    decided_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # When the announcer recorded it in the change log (wa.ai.draft.created): a sweep announces it again if not.
+    announced_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class DraftApproval(Base):
+    """A person's approval of the exact words to send to a conversation, and the outbox of
+    ``wa.ai.draft.approved``: core hands it to the sender (``handed_at``), and an approval not handed
+    over is published again. ``text`` is a text's words, or a template's canonical form
+    (``compose.approved_text``); ``sha256`` is its digest, which the sender checks before it sends.
+    The database refuses any change to what was approved."""
+
+    __tablename__ = "draft_approvals"
+
+    id: Mapped[intpk]
+    draft_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("drafts.id"), unique=True)
+    conversation_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("conversations.id"), index=True)
+    user_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("users.id"))
+    via: Mapped[str] = mapped_column(sa.Text)  # cli | dashboard
+    kind: Mapped[str] = mapped_column(sa.Text)  # text | template
+    text: Mapped[str] = mapped_column(sa.Text)
+    sha256: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[created_at]
+    handed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # Why core refused to hand it to the sender (its text no longer matches its digest).
+    refused: Mapped[str | None] = mapped_column(sa.Text)
+
+
+DECISION_ACTIONS = ("approve", "edit", "template", "reject", "write")
+REJECT_REASONS = ("wrong_facts", "wrong_tone", "needs_lawyer", "other")
+
+
+class DraftDecision(Base):
+    """The audit log: one row per decision a person made on a conversation's reply, never changed.
+
+    action: approve (as drafted), edit (edited, then approved), template (an approved template
+    instead), reject (with a reason code), write (a reply written by hand)."""
+
+    __tablename__ = "draft_decisions"
+
+    id: Mapped[intpk]
+    draft_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("drafts.id"), index=True)
+    conversation_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("conversations.id"), index=True)
+    user_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("users.id"), index=True)
+    via: Mapped[str] = mapped_column(sa.Text)
+    action: Mapped[str] = mapped_column(sa.Text)
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    note: Mapped[str | None] = mapped_column(sa.Text)
+    original_text: Mapped[str | None] = mapped_column(sa.Text)
+    final_text: Mapped[str | None] = mapped_column(sa.Text)
+    # Levenshtein distance between the original and the final text (rapidfuzz), in characters.
+    edit_distance: Mapped[int | None]
+    approval_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("draft_approvals.id"))
+    decided_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow, index=True)
+
+
+class Change(Base):
+    """The change log (``waflow.changelog``): what changed, in order, for pages that ask "what changed
+    since N". ``key`` makes a repeated record (a redelivered task) one row."""
+
+    __tablename__ = "changes"
+
+    id: Mapped[intpk]
+    kind: Mapped[str] = mapped_column(sa.Text)
+    conversation_id: Mapped[int | None] = mapped_column(BigId)
+    draft_id: Mapped[int | None] = mapped_column(BigId)
+    message_id: Mapped[int | None] = mapped_column(BigId)
+    key: Mapped[str | None] = mapped_column(sa.Text, unique=True)
+    created_at: Mapped[created_at]

@@ -1,7 +1,8 @@
 """The queue names, from the seed design, and their broker declarations.
 
 Names stay exactly as `../shared/seed/` gives them, plus one lane the outbound
-stage adds (``wa.outgoing.broadcast``, so a broadcast never holds up a reply).
+stage adds (``wa.outgoing.broadcast``, so a broadcast never holds up a reply) and
+the drafter's own queue (``wa.ai.draft.requested``, so a slow model never holds up core).
 Every queue is durable and bound to one durable exchange, ``wa``, under its own
 name as routing key. Whatever the seed topic, this module is the only place a
 queue name is spelled.
@@ -31,6 +32,8 @@ AI_DRAFT_CREATED = "wa.ai.draft.created"
 AI_DRAFT_APPROVED = "wa.ai.draft.approved"
 # The broadcast lane: bulk sends wait here, so replies in wa.outgoing.command go first.
 OUTGOING_BROADCAST = "wa.outgoing.broadcast"
+# Conversations whose reply is to be drafted: the drafter stage's own queue (waflow/drafts/drafter.py).
+AI_DRAFT_REQUESTED = "wa.ai.draft.requested"
 DEAD_LETTER = "wa.dead_letter"
 
 SEED_QUEUES = (
@@ -41,7 +44,7 @@ SEED_QUEUES = (
     AI_DRAFT_CREATED,
     AI_DRAFT_APPROVED,
 )
-WORK_QUEUES = SEED_QUEUES + (OUTGOING_BROADCAST,)
+WORK_QUEUES = SEED_QUEUES + (OUTGOING_BROADCAST, AI_DRAFT_REQUESTED)
 ALL_QUEUES = WORK_QUEUES + (DEAD_LETTER,)
 
 # Quorum queues take countdowns (retries) through RabbitMQ's native delayed delivery, which

@@ -30,31 +30,42 @@ class Stage:
     tasks: tuple[str, ...] = ()
     # For a stage that is not a Celery worker: the command its Procfile line runs.
     process: str | None = None
+    # Tasks routed to another of its queues than the first: (task, queue) pairs.
+    routes: tuple[tuple[str, str], ...] = ()
 
     @property
     def celery(self) -> bool:
         return self.process is None
 
+    def queue_of(self, task: str) -> str:
+        """The queue this stage's task ``task`` is routed to."""
+        return dict(self.routes).get(task, self.consumes[0])
+
 
 STAGES: tuple[Stage, ...] = (
     Stage("ingestor", "waflow.ingestor", (queues.INCOMING_RAW,), ("waflow.ingestor.ingest_raw",)),
-    Stage("core", "waflow.core", (queues.INCOMING_NORMALIZED,), ("waflow.core.handle_normalized",)),
+    # Core also takes lawyers' approvals and hands each to the sender (waflow/drafts/sending.py).
+    Stage("core", "waflow.core", (queues.INCOMING_NORMALIZED, queues.AI_DRAFT_APPROVED),
+          ("waflow.core.handle_normalized", "waflow.core.send_approved"),
+          routes=(("waflow.core.send_approved", queues.AI_DRAFT_APPROVED),)),
     Stage("media", "waflow.media", (queues.MEDIA_PROCESSING,), ("waflow.media.record_media",)),
     # Two lanes, one task: replies in wa.outgoing.command go ahead of broadcasts.
     Stage("sender", "waflow.outbound", (queues.OUTGOING_COMMAND, queues.OUTGOING_BROADCAST),
           ("waflow.outbound.send_message",)),
     # Not a Celery task: dead-letter records are not task messages (waflow/dlq/recorder.py).
     Stage("deadletter", "waflow.dlq.recorder", (queues.DEAD_LETTER,), process="flask --app wsgi dlq record"),
+    # Its own line (threads pool), so a slow model never holds up core.
+    Stage("drafter", "waflow.drafts.drafter", (queues.AI_DRAFT_REQUESTED,), ("waflow.drafts.drafter.draft_reply",)),
+    # Records each ready or failed draft in the change log the dashboard reads.
+    Stage("announcer", "waflow.drafts.announcer", (queues.AI_DRAFT_CREATED,),
+          ("waflow.drafts.announcer.announce_draft",)),
 )
 
 # Seed queues declared on the broker that no stage consumes yet, with the issue that adds their consumer.
-NOT_YET_CONSUMED: dict[str, str] = {
-    queues.AI_DRAFT_CREATED: "the AI-draft issue",
-    queues.AI_DRAFT_APPROVED: "the AI-draft issue",
-}
+NOT_YET_CONSUMED: dict[str, str] = {}
 
 BY_NAME = {stage.name: stage for stage in STAGES}
-_TASK_QUEUE = {task: stage.consumes[0] for stage in STAGES for task in stage.tasks}
+_TASK_QUEUE = {task: stage.queue_of(task) for stage in STAGES for task in stage.tasks}
 
 
 def queue_of(task: str) -> str:
@@ -66,7 +77,7 @@ def queue_of(task: str) -> str:
 
 
 def task_routes() -> dict[str, dict[str, str]]:
-    """Celery's ``task_routes``: every task to its stage's first queue."""
+    """Celery's ``task_routes``: every task to its stage's first queue, or the one its ``routes`` names."""
     return {task: {"queue": queue} for task, queue in _TASK_QUEUE.items()}
 
 

@@ -238,6 +238,43 @@ class Client:
         return read_answer(response.status, response.data)
 
 
+@dataclass(frozen=True)
+class ApprovedTemplate:
+    name: str
+    language: str
+    parameters: int  # how many body parameters it takes
+    body: str
+
+
+def approved_templates(client: Client, waba_id: str, language: str | None = None,
+                       pages: int = 5) -> list[ApprovedTemplate]:
+    """The account's approved templates (a management call: what a lawyer may send outside the 24-hour
+    window). Raises requests' errors."""
+    import re
+
+    params: dict[str, Any] = {"status": "APPROVED", "fields": "name,language,status,components", "limit": 100}
+    if language:
+        params["language"] = language
+    url: str | None = f"{client.api_url}/{waba_id}/message_templates"
+    found: list[ApprovedTemplate] = []
+    for _ in range(pages):
+        if url is None:
+            break
+        response = client.session.get(url, headers=client._headers, params=params,
+                                      timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+        response.raise_for_status()
+        doc = response.json()
+        for template in doc.get("data", []):
+            if template.get("status", "APPROVED") != "APPROVED":
+                continue
+            body = next((c.get("text", "") for c in template.get("components", [])
+                         if str(c.get("type", "")).upper() == "BODY"), "")
+            found.append(ApprovedTemplate(template.get("name", ""), template.get("language", ""),
+                                          len(set(re.findall(r"\{\{\s*(\w+)\s*\}\}", body))), body))
+        url, params = (doc.get("paging") or {}).get("next"), {}
+    return found
+
+
 class TemplateNotFound(LookupError):
     """Meta has no approved template by that name and language."""
 

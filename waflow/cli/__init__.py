@@ -4,7 +4,8 @@ Commands are module-level click commands, one module per concern, added to the a
 ``create_app`` (``COMMANDS``): ``sample-webhook`` is here; the dead-letter commands
 (``dlq ...``) are in ``waflow.cli.dead_letters``, the sending commands (``send``,
 ``broadcast``, ``broadcast-cancel``, ``send-rate``, ``outbox``) in ``waflow.cli.sending``, the media
-commands (``media ...``) in ``waflow.cli.media``.
+commands (``media ...``) in ``waflow.cli.media``, the draft commands (``drafts ...``) in
+``waflow.cli.drafts`` and the user commands (``users ...``) in ``waflow.cli.users``.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 from flask import current_app
 from flask.cli import with_appcontext
 
-from waflow.cli import dead_letters, media, sending
+from waflow.cli import dead_letters, drafts, media, sending, users
 from waflow.db import get_engine
 from waflow.gateway import SIGNATURE_HEADER, signature_for
 from waflow.models import Message
@@ -78,4 +79,4 @@ def sample_webhook(text: str, url: str | None, wa_id: str, phone_number_id: str,
 def commands() -> list[click.Command]:
     """Every command ``flask --app wsgi`` offers."""
     return [sample_webhook, dead_letters.dlq_group, sending.send, sending.broadcast_command, sending.broadcast_cancel,
-            sending.send_rate, sending.outbox, media.media_group]
+            sending.send_rate, sending.outbox, media.media_group, drafts.drafts_group, users.users_group]

@@ -6,7 +6,8 @@ behind an earlier message to the same recipient that is still on its way (that o
 outcome sends it on, so a recipient's messages leave in the order they were commanded);
 refused outside the 24-hour customer-service window unless a template or a read receipt;
 put off while the recipient's pair pacing says wait; a file not yet uploaded to Meta is uploaded
-first (``Upload``), before the message is marked ``sending``.
+first (``Upload``), before the message is marked ``sending``; refused if it carries out a lawyer's
+approval and its words are not exactly the approved ones (nothing is sent without approval).
 """
 from __future__ import annotations
 
@@ -115,6 +116,12 @@ def claim(conn: sa.Connection, outbound_id: int, store: limiter.Store,
         if earlier is not None:
             set_columns(conn, row.id, parked=True)
             return Skip(f"waiting for outbound {earlier} to the same recipient")
+    unapproved = _unapproved(row)
+    if unapproved:
+        set_columns(conn, row.id, status="failed", error_code=None, error_title="refused before sending",
+                    error_details=unapproved)
+        logger.error("send_message: outbound %s refused: %s", row.id, unapproved)
+        return Skip(unapproved, following(conn, row))
     if row.kind not in ("template", "read") and not window_open(conn, row.phone_number_id, row.recipient, now):
         set_columns(conn, row.id, status="failed", error_code=131047,
              error_title="Re-engagement message: refused before sending",
@@ -128,14 +135,27 @@ def claim(conn: sa.Connection, outbound_id: int, store: limiter.Store,
         wait = store.pair_reserve(row.phone_number_id, row.recipient)
         if wait > 0:
             return Defer(max(MIN_DEFER, wait))
-    set_columns(conn, row.id, "attempts", status="sending", parked=False, claimed_by=task_id, claimed_at=now)
     body = dict(row.payload)
+    posted = {"posted_sha256": compose.digest(compose.approved_text(body) or "")} if row.approval_id else {}
+    set_columns(conn, row.id, "attempts", status="sending", parked=False, claimed_by=task_id, claimed_at=now,
+                **posted)
     if row.kind != "read":
         body["biz_opaque_callback_data"] = f"{CALLBACK_PREFIX}{row.id}"
     return Claimed(row, body, task_id)
 
 
+def _unapproved(row: Any) -> str | None:
+    """Why a send carrying out an approval must not go: its words are not exactly what was approved."""
+    if row.approval_id is None:
+        return None
+    words = compose.approved_text(row.payload)
+    if words is None or row.approved_sha256 is None or compose.digest(words) != row.approved_sha256:
+        return f"its words are not the ones approval {row.approval_id} approved"
+    return None
+
+
 # The common claim in one statement, on PostgreSQL: a template (a broadcast's kind) or a read receipt,
+# not carrying out a lawyer's approval (claim() checks those words),
 # queued, with no earlier message to its recipient still on its way and its broadcast not cancelled, is
 # marked `sending` at once. Run in autocommit, the statement is the transaction: one round trip instead
 # of five, which at hundreds of sends a second keeps each claim well inside the consumer's lead. Any
@@ -152,6 +172,7 @@ WHERE o.id = $1 AND o.status = 'queued'
         WHERE earlier.phone_number_id = o.phone_number_id AND earlier.recipient = o.recipient
           AND earlier.id < o.id AND earlier.status IN ('queued', 'sending'))))
   AND NOT EXISTS (SELECT 1 FROM broadcasts AS b WHERE b.id = o.broadcast_id AND b.status = 'cancelled')
+  AND o.approval_id IS NULL
 RETURNING o.*""")
 _UNCLAIM = (sa.update(OUTBOUND)
             .where(C.id == sa.bindparam("oid"), C.status == "sending",

@@ -6,6 +6,11 @@ under an idempotency key in ``outbound_messages``: the same key never sends twic
 send task is queued by name on its lane's queue (``wa.outgoing.command`` for replies,
 ``wa.outgoing.broadcast`` for bulk, so a broadcast never holds up a reply), with the
 headers the paced consumer reads.
+
+A reply commanded here that is not a lawyer's approval (``send``, a template sent by hand) reaches the
+client another way than the conversation's draft: that draft goes stale (``waflow.drafts.stale``).
+A command made from an approval carries ``approval_id``; the sender then sends it only while its words
+are exactly the approved ones (``waflow.outbound.claim``).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import sqlalchemy as sa
 from waflow import compose, queues
 from waflow.config import settings
 from waflow.db import insert
+from waflow.drafts import stale
 from waflow.models import OutboundMessage
 from waflow import tasks
 
@@ -43,7 +49,7 @@ class Queued:
 
 def command(conn: sa.Connection, *, key: str, recipient: str, message: Any, lane: str = "reply",
             phone_number_id: str | None = None, broadcast_id: int | None = None,
-            broadcast_token: str | None = None) -> tuple[Queued, bool]:
+            broadcast_token: str | None = None, approval_id: int | None = None) -> tuple[Queued, bool]:
     """Store a message to send under ``key``; return it and whether it is new (False: the same
     key was commanded before, and nothing changes). Queue it with ``enqueue`` after the commit.
 
@@ -51,7 +57,9 @@ def command(conn: sa.Connection, *, key: str, recipient: str, message: Any, lane
     leading 0 gets the default country code); a malformed one raises ``compose.InvalidCommand``. The same
     key with the same message is the same command; with a different message (another text, another
     recipient) it raises ``KeyReused``: reporting the old message as if it were the new one would hide
-    that the new one was never sent."""
+    that the new one was never sent.
+
+    ``approval_id``: the lawyer's approval this send carries out (``waflow.drafts``)."""
     if lane not in LANES:
         raise ValueError(f"lane must be one of {', '.join(LANES)}")
     if isinstance(message, dict):
@@ -63,11 +71,13 @@ def command(conn: sa.Connection, *, key: str, recipient: str, message: Any, lane
     new_id = conn.execute(insert(conn.dialect.name, OutboundMessage).values(
         idempotency_key=key, phone_number_id=number, recipient=recipient, lane=lane, kind=message.kind,
         payload=payload, text=message.text, broadcast_id=broadcast_id,
-        media_file_id=getattr(message, "file", None),
+        media_file_id=getattr(message, "file", None), approval_id=approval_id,
         status="queued",
         created_at=now, updated_at=now,
     ).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(OutboundMessage.id)).scalar()
     if new_id is not None:
+        if lane == "reply" and approval_id is None and message.kind != "read":
+            stale.reply_sent(conn, number, recipient)
         return Queued(new_id, lane, number, broadcast_token), True
     row = conn.execute(sa.select(OutboundMessage.id, OutboundMessage.lane, OutboundMessage.phone_number_id,
                                  OutboundMessage.payload, OutboundMessage.kind)

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from waflow import whatsapp
-from waflow.models import Broadcast, OutboundMessage
+from waflow.models import Broadcast, DraftApproval, OutboundMessage
 from waflow.outbound.commands import Queued
 from waflow.tasks import MAX_COUNTDOWN
 
@@ -38,8 +38,10 @@ NEXT = (sa.select(C.id, C.lane, C.parked, Broadcast.token)
         .where(C.phone_number_id == sa.bindparam("number"), C.recipient == sa.bindparam("to"),
                C.id > sa.bindparam("after"), C.status == "queued")
         .order_by(C.id).limit(1))
-ROW = (sa.select(OUTBOUND, Broadcast.status.label("broadcast_status"))
+# The message, its broadcast's state and, for a lawyer's approved reply, the digest of the approved words.
+ROW = (sa.select(OUTBOUND, Broadcast.status.label("broadcast_status"), DraftApproval.sha256.label("approved_sha256"))
        .outerjoin(Broadcast, Broadcast.id == C.broadcast_id)
+       .outerjoin(DraftApproval, DraftApproval.id == C.approval_id)
        .where(C.id == sa.bindparam("oid")).with_for_update(of=OUTBOUND))
 _INCREMENT = {"attempts": C.attempts + 1, "pair_attempts": C.pair_attempts + 1}
 

@@ -1,0 +1,99 @@
+"""The change log the dashboard reads as "what changed since N" (issue 17, item 5): every change exactly once,
+in order, even while transactions commit out of order."""
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from waflow import changelog
+from waflow.db import get_engine, transaction
+from waflow.models import Change
+
+
+def test_changes_since_n_come_in_order_with_the_cursor_to_ask_with_next(db_url):
+    with transaction(db_url) as conn:
+        assert changelog.latest(conn) == 0
+        for n in range(3):
+            changelog.record(conn, "draft.ready", conversation_id=7, draft_id=n + 1)
+    with transaction(db_url) as conn:
+        first = changelog.since(conn, 0)
+        assert [r.draft_id for r in first.rows] == [1, 2, 3] and first.cursor == changelog.latest(conn)
+        assert changelog.since(conn, first.cursor) == changelog.Changes([], first.cursor)
+        assert [r.draft_id for r in changelog.since(conn, first.rows[0].id).rows] == [2, 3]
+
+
+def test_a_change_recorded_twice_under_one_key_is_one_row(db_url):
+    for _ in range(3):
+        with transaction(db_url) as conn:
+            changelog.record(conn, "draft.ready", draft_id=1, key="draft:1:created")
+    with transaction(db_url) as conn:
+        assert len(changelog.since(conn, 0).rows) == 1
+
+
+def test_a_missing_id_holds_back_later_changes_until_its_patience_runs_out(db_url):
+    now = datetime.now(timezone.utc)
+    with transaction(db_url) as conn:  # id 2 is missing: still uncommitted somewhere, or rolled back
+        conn.execute(sa.insert(Change), [{"id": 1, "kind": "a", "created_at": now},
+                                         {"id": 3, "kind": "c", "created_at": now}])
+    with transaction(db_url) as conn:
+        held = changelog.since(conn, 0, now=now)
+        assert ([r.id for r in held.rows], held.cursor) == ([1], 1)
+        assert changelog.since(conn, 1, now=now).rows == []
+        late = changelog.since(conn, 1, now=now + changelog.GAP_PATIENCE + timedelta(seconds=1))
+        assert ([r.id for r in late.rows], late.cursor) == ([3], 3)
+
+
+def test_a_reader_never_skips_a_change_whose_transaction_commits_after_a_later_one(db_url):
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite commits one writer at a time: ids are visible in order")
+    engine = get_engine(db_url)
+    slow = engine.connect()
+    slow_tx = slow.begin()
+    changelog.record(slow, "draft.ready", draft_id=1)  # takes the lower id, commits last
+    with transaction(db_url) as conn:
+        changelog.record(conn, "draft.ready", draft_id=2)
+    with transaction(db_url) as conn:
+        seen = changelog.since(conn, 0)
+    assert seen.rows == [] and seen.cursor == 0  # not past the uncommitted id
+    slow_tx.commit()
+    slow.close()
+    with transaction(db_url) as conn:
+        assert [r.draft_id for r in changelog.since(conn, seen.cursor).rows] == [1, 2]
+
+
+def test_changes_recorded_by_many_writers_at_once_each_reach_a_polling_reader_once(db_url):
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite commits one writer at a time")
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        cursor = 0
+        while not stop.is_set() or cursor < 200:
+            with transaction(db_url) as conn:
+                got = changelog.since(conn, cursor)
+            seen.extend(r.draft_id for r in got.rows)
+            cursor = got.cursor
+            if stop.is_set() and not got.rows:
+                with transaction(db_url) as conn:
+                    if cursor >= changelog.latest(conn):
+                        break
+
+    def write(n: int) -> None:
+        for i in range(25):
+            with transaction(db_url) as conn:
+                changelog.record(conn, "draft.ready", draft_id=n * 100 + i)
+
+    reader = threading.Thread(target=poll)
+    reader.start()
+    writers = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    stop.set()
+    reader.join(30)
+    assert sorted(seen) == sorted(n * 100 + i for n in range(8) for i in range(25))
