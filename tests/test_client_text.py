@@ -95,15 +95,16 @@ def test_a_body_that_is_not_a_webhook_leaves_no_client_text_in_logs_or_messages(
 
 def test_unreadable_updates_leave_no_client_text_in_logs_or_messages(every_log, dead_letters, monkeypatch):
     from waflow import ingestor
+    from waflow.ingestor import splitting
 
-    real = ingestor._type_content
+    real = splitting._type_content
 
     def raises_quoting_the_client(mtype, msg):
         if msg.get("id") == "wamid.RAISES":
             raise KeyError(f"{MARKER} was not expected here")
         return real(mtype, msg)
 
-    monkeypatch.setattr(ingestor, "_type_content", raises_quoting_the_client)
+    monkeypatch.setattr(splitting, "_type_content", raises_quoting_the_client)
     long_status = {"id": "wamid.S", "status": MARKER * 30, "timestamp": "1764000000", "recipient_id": "1555"}
     body = envelope([
         text(None),                                        # no id
@@ -168,8 +169,8 @@ def test_a_database_error_quoting_the_client_leaves_no_client_text_in_logs_or_me
     real_persist = core.persist_event
     now = "now()" if database.startswith("postgresql") else "CURRENT_TIMESTAMP"
 
-    def persist_then_break_a_constraint(conn, event, following=None):
-        stored = real_persist(conn, event, following)
+    def persist_then_break_a_constraint(conn, event, *rest):
+        stored = real_persist(conn, event, *rest)
         conn.execute(sa.text(f"INSERT INTO contacts (name, created_at, updated_at) VALUES (:v, {now}, {now})"),
                      {"v": f"{MARKER} {event.message.text}"})
         return stored

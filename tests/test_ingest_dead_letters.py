@@ -107,15 +107,16 @@ def test_one_deep_update_leaves_the_rest_of_its_batch_and_the_audit_row_stored(e
 def test_an_update_that_raises_anything_is_set_aside_and_the_audit_row_is_still_stored(empty_queues, default_db,
                                                                                        monkeypatch):
     from waflow import ingestor
+    from waflow.ingestor import splitting
 
-    real = ingestor._message_event
+    real = splitting._message_event
 
     def recursing(base, value, msg):
         if msg.get("id") == "wamid.BOOM":
             raise RecursionError("maximum recursion depth exceeded")
         return real(base, value, msg)
 
-    monkeypatch.setattr(ingestor, "_message_event", recursing)
+    monkeypatch.setattr(splitting, "_message_event", recursing)
     body = compact(envelope([text("wamid.OK"), text("wamid.BOOM")]))
     assert ingest(body) == 1
     assert normalized_ids() == ["message:wamid.OK"]
@@ -186,20 +187,21 @@ def test_a_replay_that_fails_again_updates_its_own_record_and_never_multiplies(e
 def test_a_replayed_update_that_now_reads_is_persisted_under_its_original_position(empty_queues, db_url):
     """A payload-level error set aside (the cause fixed meanwhile) keeps its original id on replay."""
     from waflow import ingestor
+    from waflow.ingestor import splitting
 
     body = compact(envelope([text("wamid.A")], errors=[{"code": 1}, {"code": 130429, "title": "Rate limit"}]))
-    real = ingestor._error_event
+    real = splitting._error_event
 
     def refuses_the_second(base, err, position):
         if position.index == 1:
             raise ingestor.BadUpdate("refused for the test")
         return real(base, err, position)
 
-    ingestor._error_event = refuses_the_second
+    splitting._error_event = refuses_the_second
     try:
         ingest(body)
     finally:
-        ingestor._error_event = real
+        splitting._error_event = real
     first = normalized_ids()
     store(db_url, dead_letters())
     [row] = rows(db_url)

@@ -747,16 +747,16 @@ def test_an_nfm_reply_nested_past_the_limit_keeps_the_message_without_a_parsed_r
 
 @pytest.mark.parametrize("error", [RecursionError, MemoryError, ZeroDivisionError, LookupError])
 def test_any_exception_an_update_raises_sets_aside_that_update_alone(monkeypatch, error):
-    from waflow import ingestor
+    from waflow.ingestor import splitting
 
-    real = ingestor._type_content
+    real = splitting._type_content
 
     def fails_on_one(mtype, msg):
         if msg.get("id") == "wamid.BOOM":
             raise error("the client wrote this")
         return real(mtype, msg)
 
-    monkeypatch.setattr(ingestor, "_type_content", fails_on_one)
+    monkeypatch.setattr(splitting, "_type_content", fails_on_one)
     batch = split(text_body([text_message("wamid.A"), text_message("wamid.BOOM"), text_message("wamid.B")]))
     assert [e.event_id for e in batch.events] == ["message:wamid.A", "message:wamid.B"]
     assert [r.reason for r in batch.rejected] == [f"unreadable update ({error.__name__})"]
