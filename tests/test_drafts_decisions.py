@@ -88,9 +88,9 @@ def test_a_second_approval_is_told_who_decided_first(db):
     assert scalar(db, "SELECT count(*) FROM draft_approvals") == 1
 
 
+# Concurrent writers: only PostgreSQL runs them at the same time (SQLite serializes writers).
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_two_approvals_at_the_same_moment_give_one_approval_and_tell_the_other_who(db):
-    if not db.startswith("postgresql"):
-        pytest.skip("SQLite runs one writer at a time: nothing concurrent to check")
     lawyer(db, "budi@firma.id", "Budi")
     draft_id = ready_draft(db)
     barrier = threading.Barrier(2)

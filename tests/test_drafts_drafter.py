@@ -51,9 +51,9 @@ def test_a_redelivered_drafting_task_makes_no_second_draft(db_url):
     assert scalar(db_url, "SELECT count(*) FROM drafts") == 1
 
 
+# Concurrent writers: only PostgreSQL runs them at the same time (SQLite serializes writers).
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_two_drafters_claiming_one_request_at_once_make_one_draft(db_url):
-    if not db_url.startswith("postgresql"):
-        pytest.skip("SQLite runs one writer at a time: nothing concurrent to check")
     requested = client_writes(db_url, "wamid.TWO")
     barrier = threading.Barrier(4)
     outcomes = []

@@ -142,9 +142,9 @@ def test_three_lines_typed_in_a_row_get_one_draft_that_answers_them_all(live):
     assert "urgent" in json.loads(flask(live, "drafts", "show", str(draft.id), "--json").stdout)["flags"]
 
 
+# Concurrent approvals: only PostgreSQL runs writers at the same time (SQLite serializes them).
+@pytest.mark.parametrize("deployed", ["rabbitmq+postgresql"], indirect=True)
 def test_two_lawyers_approving_one_draft_at_once_make_one_send_and_the_other_is_told_who(live):
-    if not live.settings.database_url.startswith("postgresql"):
-        pytest.skip("SQLite runs one writer at a time: nothing concurrent to check")
     flask(live, "users", "create", "budi@firma.id", "--name", "Budi", "--role", "lawyer", "--locale", "id",
           input=PASSWORD)
     wamid = client_says(live, "6281277770003", "Saya mau buat surat wasiat, bisa dibantu?")
@@ -209,7 +209,8 @@ def test_a_drafter_line_with_a_chat_model_but_no_proper_key_refuses_to_start(tmp
            "WHATSAPP_ACCESS_TOKEN": "c" * 32, "WHATSAPP_PHONE_NUMBER_ID": "1122334455",
            "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none", "CELERY_BROKER_URL": "amqp://nobody@127.0.0.1:1//",
            "DRAFTER": "chat", "DRAFT_LLM_URL": "https://llm.example", "DRAFT_LLM_MODEL": "m",
-           "DRAFT_LLM_SEND_CLIENT_TEXT": "true", "DRAFT_LLM_API_KEY": "short", "WAFLOW_VAR_DIR": str(tmp_path)}
+           "DRAFT_LLM_SEND_CLIENT_TEXT": "true", "DRAFT_LLM_API_KEY": "short", "WAFLOW_VAR_DIR": str(tmp_path),
+           "WAFLOW_MEDIA_DIR_SHARED": "true"}
     done = subprocess.run([str(BIN / "celery"), "-A", "waflow", "worker", "-Q", "wa.ai.draft.requested", "-n",
                            "drafter@%h", "-P", "threads", "-c", "2"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=60)

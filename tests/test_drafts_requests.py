@@ -184,9 +184,9 @@ def test_messages_stored_before_this_feature_start_no_draft(db_url):
     assert scalar(db_url, "SELECT count(*) FROM drafts") == 0
 
 
+# Concurrent writers: only PostgreSQL runs them at the same time (SQLite serializes writers).
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_messages_of_one_conversation_handled_at_once_join_one_request(db_url):
-    if not db_url.startswith("postgresql"):
-        pytest.skip("SQLite runs one writer at a time: nothing concurrent to check")
     docs = [webhook(message(f"wamid.C{i}", f"baris {i}")) for i in range(8)]
     events = [events_of(doc)[0] for doc in docs]
     barrier = threading.Barrier(len(events))

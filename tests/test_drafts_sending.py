@@ -229,7 +229,7 @@ def test_core_refuses_an_approval_whose_words_no_longer_match_its_digest(stage):
         if not stage.db.startswith("postgresql"):
             with transaction(stage.db) as conn:
                 conn.execute(sa.text(
-                    "CREATE TRIGGER draft_approvals_fixed BEFORE UPDATE OF draft_id, conversation_id, user_id, via, "
+                    "CREATE TRIGGER IF NOT EXISTS draft_approvals_fixed BEFORE UPDATE OF draft_id, conversation_id, user_id, via, "
                     "kind, text, sha256, created_at ON draft_approvals BEGIN SELECT RAISE(ABORT, "
                     "'waflow: what was approved never changes'); END"))
 

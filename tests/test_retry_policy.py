@@ -179,8 +179,8 @@ def _run_core_on(monkeypatch, url: str, after_persisting: tuple[str, dict] | Non
         with transaction(url) as conn:
             yield conn
 
-    def persist_then_fail(conn, event, following=None):
-        stored = real_persist(conn, event, following)
+    def persist_then_fail(conn, event, *rest):
+        stored = real_persist(conn, event, *rest)
         if after_persisting is not None:
             conn.execute(sa.text(after_persisting[0]), after_persisting[1])
         return stored

@@ -33,8 +33,10 @@ from support import ROOT, compact, free_port, sign, text_webhook, wait_for
 from test_readme import shell_blocks
 from waflow.config import SECRET
 
-PROCESSES = ("web", "ingestor", "core", "media", "flower", "deadletter", "sender", "meta")
-WORKERS = ("ingestor", "core", "media", "sender")
+# Every line of Procfile.dev, and those that run a Celery worker.
+_LINES = [line.partition(":") for line in (ROOT / "Procfile.dev").read_text().splitlines() if ":" in line]
+PROCESSES = tuple(name for name, _, _ in _LINES)
+WORKERS = tuple(name for name, _, command in _LINES if "celery -A waflow worker" in command)
 SECRET_FOR_DEV = SECRET["WHATSAPP_APP_SECRET"].stand_in
 # What the environment of a fresh terminal does not have: everything waflow reads is left at its default.
 NOT_INHERITED = ("WAFLOW_", "WHATSAPP_", "DATABASE_URL", "CELERY_", "REDIS_URL", "SIMULATOR_", "FLOWER_", "DRAFT",
