@@ -411,6 +411,8 @@ def test_the_same_webhooks_reach_pywa_and_waflows_gateway_and_persist(make, pywa
                       pair_limit=False).test_client()
         fed = feed_every_kind(client)
         _settle(pywa_receiver, fed.total)
+        # pywa answers first; the tee then posts to the gateway: wait for both answers of every webhook.
+        wait_for(lambda: len(tee.answers) >= fed.total, 30, what=f"{fed.total} webhooks answered by both")
     finally:
         tee.close()
     assert tee.answers == [(200, 200)] * fed.total
