@@ -135,3 +135,30 @@ class DashboardProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
 
+
+
+def seed_conversation(db_url: str, *, name: str | None, wa_id: str, bodies: list[str],
+                      direction: str = "inbound", phone_number_id: str = "100000000000001",
+                      last_at: Any = None) -> int:
+    """A contact, their conversation and its text messages, written straight to the tables (not through the
+    pipeline): for pages that only read them. Returns the conversation's id."""
+    import uuid
+    from datetime import datetime, timedelta, timezone
+
+    import sqlalchemy as sa
+
+    from waflow.models import Contact, Conversation, Message
+
+    now = last_at or datetime.now(timezone.utc)
+    with transaction(db_url) as conn:
+        contact_id = conn.execute(sa.insert(Contact).values(wa_id=wa_id, name=name).returning(Contact.id)).scalar_one()
+        conversation_id = conn.execute(sa.insert(Conversation).values(
+            contact_id=contact_id, phone_number_id=phone_number_id, last_inbound_at=now)
+            .returning(Conversation.id)).scalar_one()
+        for i, body in enumerate(bodies):
+            at = now - timedelta(minutes=len(bodies) - 1 - i)  # the last one at ``last_at``
+            conn.execute(sa.insert(Message).values(
+                wamid=f"wamid.seed-{uuid.uuid4().hex}", conversation_id=conversation_id, contact_id=contact_id,
+                phone_number_id=phone_number_id, direction=direction, type="text", body=body, sent_at=at,
+                received_at=at, content={"text": {"body": body}}))
+    return conversation_id
