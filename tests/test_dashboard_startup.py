@@ -172,3 +172,38 @@ def test_the_dashboard_process_starts_in_production_with_a_key_and_no_demo_user(
         assert page.status_code == 200 and "Secure" in page.headers["Set-Cookie"]
     finally:
         process.stop()
+
+
+# --- the Procfile lines ----------------------------------------------------------------------------------------------
+
+
+def _procfile(name: str) -> dict[str, str]:
+    lines = {}
+    for line in (ROOT / name).read_text().splitlines():
+        key, sep, command = line.partition(":")
+        if sep:
+            lines[key] = command.strip()
+    return lines
+
+
+def test_both_procfiles_run_the_dashboard_with_gunicorns_factory_line_and_the_shipped_config():
+    factory = "gunicorn -c gunicorn.conf.py 'waflow.dashboard:create_dashboard_app()'"
+    assert _procfile("Procfile")["dashboard"] == factory
+    assert _procfile("Procfile.dev")["dashboard"] == f"exec {factory}"
+    # honcho gives each line PORT + 100 x its position: bin/run prints the dashboard at PORT + 100.
+    assert list(_procfile("Procfile.dev"))[:2] == ["web", "dashboard"]
+    assert list(_procfile("Procfile.dev")).index("flower") == 4
+    assert "pybabel compile" in _procfile("Procfile")["release"]
+
+
+@pytest.mark.parametrize("chosen, runs", [(None, "wsgi:app"),
+                                          ("waflow.dashboard:create_dashboard_app()",
+                                           "waflow.dashboard:create_dashboard_app()")])
+def test_the_web_line_serves_the_webhook_unless_waflow_web_app_names_the_dashboard(chosen, runs):
+    line = _procfile("Procfile")["web"]
+    assert line == "gunicorn -c gunicorn.conf.py ${WAFLOW_WEB_APP:-wsgi:app}"
+    env = {"PATH": "/usr/bin:/bin", **({"WAFLOW_WEB_APP": chosen} if chosen else {})}
+    # As the platform runs it, through a shell: the app's name comes through whole, parentheses and all.
+    out = subprocess.run(["bash", "-c", line.replace("gunicorn", "printf '%s\\n'", 1)], env=env,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["-c", "gunicorn.conf.py", runs]
