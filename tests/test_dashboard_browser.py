@@ -150,3 +150,15 @@ def test_question_mark_opens_the_keyboard_help_and_escape_closes_it(context, das
         assert help_panel.locator("kbd", has_text=re.compile(f"^{key}$")).count() == 1
     page.keyboard.press("Escape")
     assert not help_panel.is_visible()
+
+
+def test_the_browser_tests_skip_without_chromium_and_fail_in_ci(monkeypatch):
+    import dashboard_support
+
+    monkeypatch.setattr(dashboard_support, "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.delenv("WAFLOW_TEST_REQUIRE_SERVICES", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="/nonexistent/chromium is not installed"):
+        dashboard_support.chromium_or_skip()
+    monkeypatch.setenv("WAFLOW_TEST_REQUIRE_SERVICES", "1")
+    with pytest.raises(pytest.fail.Exception, match="WAFLOW_TEST_REQUIRE_SERVICES=1 but /nonexistent/chromium"):
+        dashboard_support.chromium_or_skip()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 
-import pytest
 from werkzeug.routing import IntegerConverter
 
 from dashboard_support import login, make_app, make_user, seed_conversation

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard_support import DashboardProcess, PASSWORD, login, make_app, make_user, production_settings
+from dashboard_support import DashboardProcess, PASSWORD, make_app, make_user, production_settings
 from support import PG_URL, REDIS_URL, ROOT, migrate, wipe
 from waflow import config, demo_users, users
 from waflow.config import ConfigError
