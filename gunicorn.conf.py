@@ -1,4 +1,4 @@
-"""gunicorn settings for the web process (values from waflow.config)."""
+"""gunicorn settings for the web process (the webhook) and the dashboard process (values from waflow.config)."""
 from waflow.config import settings
 
 bind = f"0.0.0.0:{settings.port}"
@@ -18,3 +18,12 @@ errorlog = "-"
 loglevel = settings.log_level.lower()
 # gunicorn 27's control socket sits at one fixed path per user: several gunicorns on a host would share it.
 control_socket_disable = True
+
+
+def on_starting(server):
+    """The dashboard's production refusals (waflow/dashboard/startup.py) run here, in the master, once: refused
+    in a worker, the master would only start another. The webhook's line imports nothing of the dashboard."""
+    if str(getattr(server.app, "app_uri", "") or "").startswith("waflow.dashboard"):
+        from waflow.dashboard.startup import refuse_unsafe_start
+
+        refuse_unsafe_start()

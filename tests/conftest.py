@@ -17,7 +17,7 @@ import tempfile
 # Settings are read once, at import: point them at a scratch folder first.
 _VAR = tempfile.mkdtemp(prefix="waflow-tests-")
 for _name in ("WAFLOW_ENV", "WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN", "FLOWER_BASIC_AUTH", "DATABASE_URL",
-              "CELERY_BROKER_URL", "PORT"):
+              "CELERY_BROKER_URL", "PORT", "SECRET_KEY", "WAFLOW_TRUSTED_PROXIES"):
     os.environ.pop(_name, None)
 os.environ["WAFLOW_VAR_DIR"] = _VAR
 
@@ -111,3 +111,88 @@ def default_db() -> str:
     url = config.settings.database_url
     migrate(url, fresh=True)
     return url
+
+
+# --- the dashboard (tests/dashboard_support.py) ------------------------------------------------------------------
+
+
+@pytest.fixture
+def dashboard_app(db_url, var_dir):
+    """The dashboard on a migrated, empty database (SQLite, and PostgreSQL when its URL is set)."""
+    from dashboard_support import make_app
+
+    return make_app(db_url, var_dir)
+
+
+@pytest.fixture
+def dashboard_client(dashboard_app):
+    return dashboard_app.test_client()
+
+
+@pytest.fixture
+def lawyer(db_url):
+    from dashboard_support import make_user
+
+    return make_user(db_url, "ratna@firma.id", name="Ratna", role="lawyer", locale="id")
+
+
+@pytest.fixture
+def admin(db_url):
+    from dashboard_support import make_user
+
+    return make_user(db_url, "budi@firma.id", name="Budi", role="admin", locale="en")
+
+
+def _signed_in(app, person):
+    from dashboard_support import login
+
+    client = app.test_client()
+    answer = login(client, person.email)
+    assert answer.status_code == 302, answer.get_data(as_text=True)[-2000:]
+    return client
+
+
+@pytest.fixture
+def lawyer_client(dashboard_app, lawyer):
+    """A test client signed in as the lawyer (``lawyer``), on ``dashboard_app``."""
+    return _signed_in(dashboard_app, lawyer)
+
+
+@pytest.fixture
+def admin_client(dashboard_app, admin):
+    return _signed_in(dashboard_app, admin)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Chromium (Debian's /usr/bin/chromium) driven by Playwright; skipped, saying why, when it is missing."""
+    from dashboard_support import CHROMIUM, CHROMIUM_ARGS, chromium_or_skip
+
+    chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture(scope="module")
+def dashboard_server(tmp_path_factory):
+    """The dashboard process as the Procfile runs it (gunicorn, gunicorn.conf.py, the factory) on a free port,
+    against a migrated SQLite database of its own; ``.url``, ``.database_url``."""
+    from dashboard_support import DashboardProcess, chromium_or_skip
+
+    chromium_or_skip()
+    var = tmp_path_factory.mktemp("dashboard")
+    url = f"sqlite:///{var}/waflow.db"
+    migrate(url, fresh=True)
+    server = DashboardProcess({"WAFLOW_VAR_DIR": str(var), "DATABASE_URL": url}, var / "dashboard.log")
+    server.database_url = url
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

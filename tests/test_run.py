@@ -44,16 +44,17 @@ NOT_INHERITED = ("WAFLOW_", "WHATSAPP_", "DATABASE_URL", "CELERY_", "REDIS_URL",
 
 
 def _free_base_port() -> int:
-    """A base port for honcho whose web (+0) and Flower (+400) ports are both free."""
+    """A base port for honcho whose web (+0), dashboard (+100) and Flower (+400) ports are all free."""
     for _ in range(50):
         base = free_port()
         if base + 400 > 65535:
             continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", base + 400))
-            except OSError:
-                continue
+        try:
+            for offset in (100, 400):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", base + offset))
+        except OSError:
+            continue
         return base
     raise AssertionError("no free pair of ports for web and Flower")
 
@@ -124,7 +125,8 @@ class Stack:
             return False
         try:
             return (requests.get(self.url, timeout=1).status_code == 403
-                    and requests.get(f"http://127.0.0.1:{self.sim_port}/_sim/health", timeout=1).ok)
+                    and requests.get(f"http://127.0.0.1:{self.sim_port}/_sim/health", timeout=1).ok
+                    and requests.get(f"http://127.0.0.1:{self.port + 100}/healthz", timeout=1).ok)
         except requests.RequestException:
             return False
 
@@ -297,3 +299,15 @@ def test_the_readmes_second_terminal_commands_find_a_stack_started_on_other_port
     assert "HTTP/1.1 200" in done["curl"].stdout
     assert "accepted (wamid." in done["send"].stdout and '"to": "15551234567"' in done["send"].stdout
     assert not any("No hostname" in r.stderr for r in done.values())
+
+
+def test_bin_run_makes_the_demo_users_once_and_prints_them_with_the_dashboards_address(stopped_and_restarted):
+    stack = stopped_and_restarted
+    kept = (stack.var_dir / "demo-users.txt").read_text()
+    assert oct((stack.var_dir / "demo-users.txt").stat().st_mode & 0o777) == "0o600"
+    passwords = re.findall(r"^(lawyer|admin) (\S+@demo\.invalid) (\S+)$", kept, flags=re.M)
+    assert [role for role, _, _ in passwords] == ["lawyer", "admin"]
+    for run in stack.runs:  # the second start printed the same passwords: nothing was made again
+        assert f"the lawyers' dashboard at http://127.0.0.1:{stack.port + 100}/login" in run.output
+        for _, email, password in passwords:
+            assert email in run.output and password in run.output

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -74,8 +75,7 @@ class Secret:
         return None
 
 
-# Every secret waflow reads. Later features add theirs here (the dashboard's SECRET_KEY, an LLM key,
-# object-storage credentials); README.md ("Configuration") states the same rules.
+# Every secret waflow reads; README.md ("Configuration") states the same rules.
 SECRETS: tuple[Secret, ...] = (
     # Meta's app secrets are 32 hex characters; 16 refuses a placeholder such as "secret".
     Secret("WHATSAPP_APP_SECRET", "waflow-dev-app-secret", min_length=16,
@@ -95,6 +95,11 @@ SECRETS: tuple[Secret, ...] = (
     # 40 characters; 16 refuses a placeholder such as "minioadmin".
     Secret("AWS_SECRET_ACCESS_KEY", "waflow-dev-s3-secret-key", min_length=16, used_by="object storage",
            meaning="the key that signs every request to the media bucket of WAFLOW_MEDIA_URL"),
+    # Checked by the dashboard process (waflow/dashboard/startup.py). 32 characters: a random key of 192 bits
+    # or more, as `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'` prints.
+    Secret("SECRET_KEY", "waflow-dev-secret-key-for-development-only", min_length=32, used_by="dashboard",
+           meaning="the key that signs the dashboard's session cookies and CSRF tokens: whoever knows it can "
+                   "sign in as any lawyer"),
 )
 SECRET = {s.variable: s for s in SECRETS}
 
@@ -118,6 +123,7 @@ VARIABLES = (
     "WAFLOW_MEDIA_DOWNLOAD_RATE",
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
     "AWS_ENDPOINT_URL",
+    "SECRET_KEY", "WAFLOW_TIMEZONE", "WAFLOW_TRUSTED_PROXIES", "WAFLOW_FIRM_NAME",
 )
 QUEUE_TYPES = ("classic", "quorum")
 
@@ -221,6 +227,11 @@ class Settings:
     s3_access_key_id: str = field(repr=False)
     s3_secret_access_key: str = field(repr=False)
     s3_session_token: str = field(repr=False)
+    # The lawyers' dashboard (waflow/dashboard/, _dashboard_settings below).
+    secret_key: str = field(repr=False)
+    timezone: str
+    trusted_proxies: int
+    firm_name: str
 
     @property
     def production(self) -> bool:
@@ -234,6 +245,12 @@ class Settings:
     @property
     def amqp_broker(self) -> bool:
         return self.broker_url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
+
+    @property
+    def limiter_storage_uri(self) -> str:
+        """Where the dashboard counts failed logins: the Redis of REDIS_URL, shared by every dashboard process;
+        on the embedded default (no Redis), each process's memory."""
+        return self.redis_url or "memory://"
 
 
 def is_local_host(host: str | None) -> bool:
@@ -405,6 +422,27 @@ def _media_settings(env: Mapping[str, str], production: bool) -> dict[str, objec
     }
 
 
+def _dashboard_settings(env: Mapping[str, str], production: bool) -> dict[str, object]:
+    """The lawyers' dashboard's settings. SECRET_KEY is checked by the dashboard process only (require())."""
+    zone = env.get("WAFLOW_TIMEZONE") or "Asia/Jakarta"
+    try:
+        zoneinfo.ZoneInfo(zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"WAFLOW_TIMEZONE must be a time zone name such as Asia/Jakarta, got {zone!r}") from None
+    firm_name = (env.get("WAFLOW_FIRM_NAME") or "waflow").strip()
+    if len(firm_name) > 80:
+        raise ConfigError("WAFLOW_FIRM_NAME must be at most 80 characters (it heads every dashboard page)")
+    return {
+        "secret_key": env.get("SECRET_KEY") or ("" if production else SECRET["SECRET_KEY"].stand_in),
+        # Times are stored in UTC and shown to lawyers in the firm's zone.
+        "timezone": zone,
+        # How many proxies in front of the dashboard set X-Forwarded-For/-Proto: only their hops are believed
+        # (werkzeug's ProxyFix). 0 believes no such header, which anyone can send.
+        "trusted_proxies": _int(env, "WAFLOW_TRUSTED_PROXIES", 0, 0, 10),
+        "firm_name": firm_name or "waflow",
+    }
+
+
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from ``environ`` (default: the process environment)."""
     env = os.environ if environ is None else environ
@@ -475,6 +513,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         dead_letter_retention_days=_int(env, "WAFLOW_DEAD_LETTER_RETENTION_DAYS", 30, 1, 3650),
         **_drafting_settings(env, production),
         **_media_settings(env, production),
+        **_dashboard_settings(env, production),
     )
 
 

@@ -158,6 +158,24 @@ def listing(conn: sa.Connection) -> list[Person]:
     return [Person.of(r) for r in conn.execute(sa.select(User.__table__).order_by(User.email)).all()]
 
 
+def set_locale(conn: sa.Connection, email: str, locale: str) -> Person:
+    """Change the language the dashboard speaks to a user (``id`` or ``en``)."""
+    person = get(conn, email)
+    if locale not in USER_LOCALES:
+        raise InvalidUser(f"locale must be one of {', '.join(USER_LOCALES)}")
+    if person.locale != locale:
+        conn.execute(sa.update(User).where(User.id == person.id).values(
+            locale=locale, updated_at=datetime.now(timezone.utc)))
+    return get(conn, email)
+
+
+def active_demo_users(conn: sa.Connection) -> list[Person]:
+    """The demo users that can still sign in: production's dashboard refuses to start while there is one."""
+    rows = conn.execute(sa.select(User.__table__).where(User.is_demo.is_(True), User.active.is_(True))
+                        .order_by(User.email)).all()
+    return [Person.of(r) for r in rows]
+
+
 def set_password(conn: sa.Connection, email: str, password: str) -> Person:
     """Change a user's password; every session they had ends (the epoch grows)."""
     person = get(conn, email)

@@ -1,4 +1,4 @@
-"""``flask --app wsgi users ...``: the people who decide on drafts (and, later, sign in to the dashboard).
+"""``flask --app wsgi users ...``: the people who sign in to the dashboard and decide on drafts.
 
 A password is read from standard input when it is not a terminal (one line: ``... | flask --app wsgi
 users create ...``), otherwise prompted for twice without echo. It never appears on a command line.
@@ -9,9 +9,10 @@ import json
 import sys
 
 import click
+from flask import current_app
 from flask.cli import AppGroup
 
-from waflow import users
+from waflow import demo_users, users
 from waflow.db import transaction
 from waflow.models import USER_LOCALES, USER_ROLES
 
@@ -95,3 +96,20 @@ def deactivate(email: str) -> None:
     except users.UserError as exc:
         _fail(exc)
     click.echo(f"user {person.email} deactivated")
+
+
+@users_group.command("demo")
+def demo() -> None:
+    """Development: make the demo lawyer and demo admin once and print their passwords (bin/run calls it)."""
+    settings = current_app.config["WAFLOW_SETTINGS"]
+    path = settings.var_dir / demo_users.FILE_NAME
+    try:
+        with transaction() as conn:
+            found = demo_users.ensure(conn, path, production=settings.production)
+    except users.UserError as exc:
+        _fail(exc)
+    demo_users.write_file(path, found)
+    click.echo(f"demo users (passwords kept in {path}):")
+    for credential in found:
+        shown = credential.password if credential.password else f"({credential.note})"
+        click.echo(f"  {credential.role:<7} {credential.email:<22} {shown}")

@@ -1,0 +1,225 @@
+"""``bin/screenshots``: the dashboard's pages as a lawyer sees them, written to ``docs/screenshots/``.
+
+It starts the real stack (``bin/run``) on a scratch var dir and free ports, has a few clients write to the
+firm through the Meta simulator (webhook, ingestor, core, drafter: the real pipeline), signs in as the demo
+lawyer in Chromium (Debian's ``/usr/bin/chromium``, driven by Playwright, a test-only dependency) and
+saves each page in ``SHOTS`` on a desktop and on a phone, in Indonesian and in English:
+``<shot>-<device>-<language>.png``. Then it stops the stack as Ctrl-C would.
+
+A page's engineer adds a ``Shot`` (and, if the page needs them, clients in ``DEMO_CLIENTS`` or a ``prepare``
+step that clicks the page into the state to show).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One page to photograph: ``path`` on the dashboard; ``prepare(page)`` runs before the picture."""
+
+    name: str
+    path: str
+    signed_in: bool = True
+    full_page: bool = False
+    prepare: Callable[[Any], None] | None = None
+
+
+SHOTS: list[Shot] = [
+    Shot("login", "/login", signed_in=False),
+    Shot("inbox", "/dashboard/"),
+]
+
+DEVICES = {
+    "desktop": {"viewport": {"width": 1280, "height": 800}},
+    "phone": {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True},
+}
+LANGUAGES = {"id": "id-ID", "en": "en-US"}
+
+# Clients who write in chat Indonesian, as the firm's do: (wa_id, name, text).
+DEMO_CLIENTS = [
+    ("6281210000001", "Dewi Lestari", "Selamat pagi, Bu. Saya mau konsultasi soal hak asuh anak setelah cerai, "
+                                      "kira-kira bisa ketemu minggu ini?"),
+    ("6281210000002", "Andi Pratama", "Pak, kontrak sewa ruko saya diputus sepihak sama pemilik. Apa saya bisa "
+                                      "minta ganti rugi?"),
+    ("6281210000003", "Siti Nurhaliza", "Halo, berkas gugatan warisan saya sudah sampai mana ya?"),
+    ("6281210000004", "Rudi Hartono", "Maaf ganggu malam2, besok sidang jam berapa ya pak?"),
+]
+
+
+def _free_base_port() -> int:
+    """A base port whose web (+0), dashboard (+100) and Flower (+400) ports are all free."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + 400 > 65535:
+            continue
+        try:
+            for offset in (100, 400):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", base + offset))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free ports for the stack")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"bin/screenshots: bin/run exited while waiting for {what}:\n{log.read_text()[-3000:]}")
+        try:
+            if check():
+                return
+        except (requests.RequestException, sqlite3.Error):
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bin/screenshots: timed out waiting for {what} (log: {log})")
+        time.sleep(0.3)
+
+
+class Stack:
+    """``bin/run`` on a scratch var dir and its own ports. (``bin/screenshots`` has removed waflow's variables
+    from the environment first, so the stack runs on the embedded default whatever the terminal had set.)"""
+
+    def __init__(self, var_dir: Path) -> None:
+        self.var_dir = var_dir
+        self.port, self.sim_port = _free_base_port(), _free_port()
+        self.dashboard = f"http://127.0.0.1:{self.port + 100}"
+        self.simulator = f"http://127.0.0.1:{self.sim_port}"
+        self.log = var_dir / "run.log"
+        command = ["env", f"WAFLOW_VAR_DIR={var_dir}", f"PORT={self.port}", f"SIMULATOR_PORT={self.sim_port}",
+                   str(ROOT / "bin" / "run")]
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+    def wait_ready(self) -> None:
+        _wait("the dashboard", lambda: requests.get(f"{self.dashboard}/healthz", timeout=1).ok, 120, self.proc,
+              self.log)
+        _wait("the Meta simulator", lambda: requests.get(f"{self.simulator}/_sim/health", timeout=1).ok, 60,
+              self.proc, self.log)
+        _wait("the workers", lambda: self.log.read_text().count(" ready.") >= 6, 120, self.proc, self.log)
+
+    def clients_write(self) -> None:
+        for wa_id, name, text in DEMO_CLIENTS:
+            requests.post(f"{self.simulator}/_sim/inbound", json={"from": wa_id, "name": name, "text": text},
+                          timeout=10).raise_for_status()
+        wanted = {wa_id for wa_id, _, _ in DEMO_CLIENTS}
+        _wait("the clients' messages in the database", lambda: wanted <= self._stored_senders(), 60, self.proc,
+              self.log)
+
+    def _stored_senders(self) -> set[str]:
+        with sqlite3.connect(self.var_dir / "waflow.db") as db:
+            return {row[0] for row in db.execute("SELECT wa_id FROM contacts")}
+
+    def demo_lawyer(self) -> tuple[str, str]:
+        for line in (self.var_dir / "demo-users.txt").read_text().splitlines():
+            role, email, password = (line.split() + ["", "", ""])[:3]
+            if role == "lawyer":
+                return email, password
+        raise SystemExit("bin/screenshots: no demo lawyer in demo-users.txt")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+def photograph(stack: Stack, out: Path, only: set[str] | None = None) -> list[Path]:
+    """Every shot on every device in every language; the files written."""
+    from playwright.sync_api import sync_playwright
+
+    email, password = stack.demo_lawyer()
+    written = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for device, options in DEVICES.items():
+                for language, browser_locale in LANGUAGES.items():
+                    context = browser.new_context(locale=browser_locale, **options)
+                    page = context.new_page()
+                    signed_in = False
+                    for shot in SHOTS:
+                        if only and shot.name not in only:
+                            continue
+                        if shot.signed_in and not signed_in:
+                            _sign_in(page, stack.dashboard, email, password, language)
+                            signed_in = True
+                        page.goto(stack.dashboard + shot.path)
+                        page.wait_for_load_state("networkidle")
+                        if shot.prepare:
+                            shot.prepare(page)
+                        path = out / f"{shot.name}-{device}-{language}.png"
+                        page.screenshot(path=str(path), full_page=shot.full_page)
+                        written.append(path)
+                    context.close()
+        finally:
+            browser.close()
+    return written
+
+
+def _sign_in(page: Any, base: str, email: str, password: str, language: str) -> None:
+    page.goto(f"{base}/login")
+    page.fill("#email", email)
+    page.fill("#password", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/dashboard/")
+    # The demo lawyer speaks Indonesian; the header's switch sets the language to photograph.
+    page.click(f"button[name=locale][value={language}]")
+    page.wait_for_load_state("networkidle")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bin/screenshots", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots", help="where the PNGs go")
+    parser.add_argument("--only", action="append", help="only this shot (repeatable): " +
+                        ", ".join(s.name for s in SHOTS))
+    args = parser.parse_args(argv)
+    if not Path(CHROMIUM).exists():
+        raise SystemExit(f"bin/screenshots needs Chromium at {CHROMIUM} (apt-get install chromium)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="waflow-screenshots-") as scratch:
+        stack = Stack(Path(scratch))
+        try:
+            stack.wait_ready()
+            stack.clients_write()
+            written = photograph(stack, args.out, set(args.only) if args.only else None)
+        finally:
+            stack.stop()
+    for path in written:
+        print(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
