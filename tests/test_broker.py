@@ -167,15 +167,21 @@ def test_the_embedded_transport_never_hands_a_consumer_half_a_message(tmp_path):
     queue = queues.queue(queues.MEDIA_PROCESSING)
     payload = {"blob": "x" * 2_000_000}
     received: list[dict] = []
+    failed: list[BaseException] = []
 
     def consume() -> None:
-        with Connection("embedded://", transport_options=options) as conn:
-            simple = conn.SimpleQueue(queue)
-            while len(received) < 100:
-                message = simple.get(timeout=10)  # a torn file would raise a JSONDecodeError here
-                received.append(message.payload)
-                message.ack()
-            simple.close()
+        try:
+            with Connection("embedded://", transport_options=options) as conn:
+                simple = conn.SimpleQueue(queue)
+                while len(received) < 100:
+                    # A torn file would raise a JSONDecodeError here. The timeout only bounds a lost message:
+                    # 200 MB written with fsyncs can take a while on a busy disk.
+                    message = simple.get(timeout=60)
+                    received.append(message.payload)
+                    message.ack()
+                simple.close()
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below, with its type
+            failed.append(exc)
 
     consumer = threading.Thread(target=consume)
     consumer.start()
@@ -184,7 +190,8 @@ def test_the_embedded_transport_never_hands_a_consumer_half_a_message(tmp_path):
         for _ in range(100):
             simple.put(payload)
         simple.close()
-    consumer.join(30)
+    consumer.join(90)
+    assert failed == []
     assert len(received) == 100 and all(r == payload for r in received)
 
 
