@@ -1,8 +1,8 @@
 """A word-level diff of a draft and the words sent, for the audit page's side-by-side view.
 
 ``word_diff(draft, sent)`` gives each side as ``Segment``s: text both share (``same``), text only the draft
-had (``removed``) and text only the sent words have (``added``). A word carries the spaces after it, so a
-changed word is marked with its space and the texts read as written (line breaks included). The segments
+had (``removed``) and text only the sent words have (``added``). A word carries the spaces after it, so the
+texts read as written (line breaks included); the spaces after a changed word are not marked. The segments
 are plain strings: the template escapes them and adds the markup (``<del>``, ``<ins>``) itself, so client
 text never becomes markup.
 """
@@ -51,10 +51,21 @@ def _whole(text: str | None) -> list[Segment]:
 
 
 def _add(side: list[Segment], kind: str, words: list[str]) -> None:
-    """Append ``words`` as ``kind``, joined to the segment before when it is of the same kind."""
-    if not words:
-        return
+    """Append ``words`` as ``kind``; the spaces after changed words are left unmarked (a struck-through or
+    underlined space reads as a stray mark)."""
     text = "".join(words)
+    if kind != "same":
+        marked = text.rstrip()
+        _append(side, kind, marked)
+        _append(side, "same", text[len(marked):])
+    else:
+        _append(side, kind, text)
+
+
+def _append(side: list[Segment], kind: str, text: str) -> None:
+    """Append, joined to the segment before when it is of the same kind."""
+    if not text:
+        return
     if side and side[-1].kind == kind:
         side[-1] = Segment(kind, side[-1].text + text)
     else:
