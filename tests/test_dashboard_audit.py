@@ -302,6 +302,37 @@ def test_the_weekly_report_counts_a_known_week_for_everyone_and_for_one_lawyer(d
     assert (only_sari.total, only_sari.p50, only_sari.p95) == (1, 1500, 1500)
 
 
+def test_a_reply_written_with_no_draft_counts_from_the_clients_oldest_message_since_the_last_reply(
+        db_url, lawyer):
+    from audit_support import _conversation, decide
+    from drafts_support import message, receive, webhook
+    from waflow.drafts import decisions
+    from waflow.models import Message
+
+    def writes(wamid: str, when: str) -> None:
+        receive(db_url, webhook(message(wamid, "Halo?", wa_id=client(50), at=at(when).timestamp())))
+
+    writes("wamid.r1", "03-02 01:00")
+    conversation = _conversation(db_url, client(50))
+    decide(db_url, decisions.write_by_hand, conversation, RATNA, "dashboard", text="Baik.", now=at("03-02 01:10"))
+    writes("wamid.r2", "03-02 02:00")
+    writes("wamid.r3", "03-02 02:05")
+    decide(db_url, decisions.write_by_hand, conversation, RATNA, "dashboard", text="Ya.", now=at("03-02 02:20"))
+    writes("wamid.r4", "03-02 03:00")
+    with transaction(db_url) as conn:  # a person's reply with `send` (not an approval), then the client again
+        conn.execute(sa.insert(Message).values(
+            wamid="wamid.sent-by-hand", conversation_id=conversation, contact_id=conn.execute(
+                sa.select(Message.contact_id).where(Message.wamid == "wamid.r4")).scalar_one(),
+            phone_number_id="1122334455", direction="outbound", type="text", body="Sebentar.",
+            sent_at=at("03-02 03:01"), content={}))
+    writes("wamid.r5", "03-02 03:30")
+    decide(db_url, decisions.write_by_hand, conversation, RATNA, "dashboard", text="Oke.", now=at("03-02 03:40"))
+    with transaction(db_url) as conn:
+        found = report.weekly(conn, report.Week.parse("2026-W10", ZONE), lawyer.id)
+    assert found.written == 3
+    assert found.reply_seconds == (600, 600, 1200)  # 01:00→01:10, 03:30→03:40 (after 03:01), 02:00→02:20
+
+
 def test_the_report_page_shows_the_figures(admin_client, week10, sari):
     html = admin_client.get("/dashboard/audit/report?week=2026-W10").get_data(as_text=True)
     assert "Week 10" in html and "2 Mar 2026 – 8 Mar 2026" in html and "everyone" in html
@@ -360,6 +391,7 @@ def test_an_edit_is_light_under_40_percent_of_the_longer_text():
     assert history.change_ratio(39, "x" * 100, "y" * 60) == 0.39
     assert history.change_ratio(40, "x" * 100, "y" * 60) == 0.40  # heavy: 40% is not under 40%
     assert history.change_ratio(3, None, "abc") is None
+    assert history.change_ratio(39, 100, 60) == 0.39  # the report passes the lengths
     assert report.LIGHT_EDIT_BELOW == 0.40
 
 

@@ -127,16 +127,18 @@ def _conversation_url(conversation_id: int) -> str | None:
 
 
 def _common() -> dict[str, Any]:
-    return {"action_labels": audit_labels.ACTIONS, "reason_labels": audit_labels.REASONS,
-            "send_labels": audit_labels.SENDS, "via_labels": audit_labels.VIAS,
-            "drafter_labels": audit_labels.DRAFTERS, "label": audit_labels.label, "people": _people(),
+    words = audit_labels.translated
+    return {"action_labels": words(audit_labels.ACTIONS), "reason_labels": words(audit_labels.REASONS),
+            "send_labels": words(audit_labels.SENDS), "via_labels": words(audit_labels.VIAS),
+            "drafter_labels": words(audit_labels.DRAFTERS), "w": words(audit_labels.ROW_WORDS),
+            "label": audit_labels.label, "people": _people(),
             "actions": DECISION_ACTIONS, "reasons": REJECT_REASONS, "zone": _zone(),
             "conversation_url": _conversation_url}
 
 
 def _sides(d: history.Decision) -> tuple[list[Any], list[Any]]:
     """The draft and the sent words, marked word by word; a template is not words to compare with a draft."""
-    if d.action == "template":
+    if d.action == "template" or d.original_text == d.final_text:
         return word_diff(d.original_text, None)[0], word_diff(None, d.sent_words)[1]
     return word_diff(d.original_text, d.final_text)
 

@@ -117,12 +117,14 @@ class Page:
     older: Cursor | None  # where the next (older) page starts; None: this is the last
 
 
-def change_ratio(distance: int | None, original: str | None, final: str | None) -> float | None:
+def change_ratio(distance: int | None, original: str | int | None, final: str | int | None) -> float | None:
     """The edit distance as a share of the longer text (0: the same words, 1: nothing kept), as the normalised
-    Levenshtein distance is defined; None when there are not two texts to compare."""
+    Levenshtein distance is defined; None when there are not two texts to compare. The texts, or their lengths
+    in characters."""
     if distance is None or original is None or final is None:
         return None
-    longer = max(len(original), len(final))
+    longer = max(original if isinstance(original, int) else len(original),
+                 final if isinstance(final, int) else len(final))
     return distance / longer if longer else 0.0
 
 

@@ -15,9 +15,10 @@ counts once, as:
 
 **Time to the approved reply**: for each approval (all but rejections), from the client's oldest message it
 answers to the approval. The messages a draft answers are its request's (``draft_request_messages``); a
-reply written with no draft open answers the client's messages since the conversation's previous approved
-reply. Its p50 and p95 are by the nearest-rank method (the smallest time that at least that share of the
-replies took: always a time some reply took), computed here in Python, so PostgreSQL and SQLite agree.
+reply written with no draft open answers the client's messages since the conversation's previous reply (a
+person's message, or an approval; a template is none). Its p50 and p95 are by the nearest-rank method (the
+smallest time that at least that share of the replies took: always a time some reply took), computed here in
+Python, so PostgreSQL and SQLite agree.
 
 Plain functions on a connection: no Flask here.
 """
@@ -31,6 +32,7 @@ from typing import Any, Sequence
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from sqlalchemy.orm import aliased
 
 from waflow.drafts.history import as_utc, change_ratio
 from waflow.models import REJECT_REASONS, DraftApproval, DraftDecision, DraftRequestMessage, Draft, Message
@@ -130,7 +132,9 @@ def nearest_rank(ordered: Sequence[float], percent: float) -> float | None:
 def weekly(conn: sa.Connection, week: Week, user_id: int | None = None) -> Report:
     """The report for ``week``: everyone's decisions, or ``user_id``'s only."""
     d = DraftDecision
-    query = (sa.select(d.id, d.action, d.reason, d.original_text, d.final_text, d.edit_distance, d.draft_id,
+    # The texts' lengths, not the texts: a week's decisions are megabytes of words.
+    query = (sa.select(d.id, d.action, d.reason, sa.func.length(d.original_text).label("original_length"),
+                       sa.func.length(d.final_text).label("final_length"), d.edit_distance, d.draft_id,
                        d.conversation_id, d.approval_id, d.decided_at, Draft.request_id)
              .outerjoin(Draft, Draft.id == d.draft_id)
              .where(d.decided_at >= week.start, d.decided_at < week.end).order_by(d.id))
@@ -143,7 +147,7 @@ def weekly(conn: sa.Connection, week: Week, user_id: int | None = None) -> Repor
         if row.action == "reject":
             rejected[row.reason if row.reason in rejected else "other"] += 1
         elif row.action == "edit":
-            ratio = change_ratio(row.edit_distance, row.original_text, row.final_text)
+            ratio = change_ratio(row.edit_distance, row.original_length, row.final_length)
             counts["light" if ratio is not None and ratio < LIGHT_EDIT_BELOW else "heavy"] += 1
         elif row.action in counts:
             counts[row.action] += 1
@@ -155,36 +159,47 @@ def weekly(conn: sa.Connection, week: Week, user_id: int | None = None) -> Repor
 
 def _reply_seconds(conn: sa.Connection, approvals: list[Any]) -> list[float]:
     """Each approval's time from the client's oldest message it answers (module docstring); approvals whose
-    messages cannot be found (none recorded) are left out."""
-    requests = {r.request_id for r in approvals if r.request_id is not None}
-    oldest: dict[int, datetime] = {}
-    for chunk in _chunks(sorted(requests), 500):
+    messages cannot be found (none recorded) are left out. Two queries, whatever the number of approvals."""
+    oldest: dict[Any, datetime] = {}
+    requests = sorted({r.request_id for r in approvals if r.request_id is not None})
+    for chunk in _chunks(requests, 500):
         found = conn.execute(
             sa.select(DraftRequestMessage.request_id, sa.func.min(Message.sent_at))
             .join(Message, Message.id == DraftRequestMessage.message_id)
             .where(DraftRequestMessage.request_id.in_(chunk), Message.direction == "inbound")
             .group_by(DraftRequestMessage.request_id)).all()
-        oldest.update({request_id: as_utc(at) for request_id, at in found if at is not None})
+        oldest.update({("request", request_id): as_utc(at) for request_id, at in found if at is not None})
+    undrafted = sorted(r.id for r in approvals if r.request_id is None)
+    for chunk in _chunks(undrafted, 500):
+        found = conn.execute(sa.select(DraftDecision.id, _unanswered_since()).where(DraftDecision.id.in_(chunk)))
+        oldest.update({("decision", decision_id): as_utc(at) for decision_id, at in found if at is not None})
     seconds = []
     for row in approvals:
-        first = oldest.get(row.request_id) if row.request_id is not None else _unanswered_since(conn, row)
+        first = oldest.get(("request", row.request_id) if row.request_id is not None else ("decision", row.id))
         if first is not None:
             seconds.append(max(0.0, (as_utc(row.decided_at) - first).total_seconds()))
     return seconds
 
 
-def _unanswered_since(conn: sa.Connection, row: Any) -> datetime | None:
-    """A reply written with no draft: the client's oldest message after the conversation's approved reply
-    before this one (or ever), up to the reply."""
-    previous = (sa.select(sa.func.max(DraftApproval.created_at))
-                .where(DraftApproval.conversation_id == row.conversation_id, DraftApproval.id != row.approval_id,
-                       DraftApproval.created_at <= row.decided_at).scalar_subquery())
-    at = conn.execute(
-        sa.select(sa.func.min(Message.sent_at))
-        .where(Message.conversation_id == row.conversation_id, Message.direction == "inbound",
-               Message.sent_at <= row.decided_at,
-               sa.or_(previous.is_(None), Message.sent_at > previous))).scalar()
-    return as_utc(at) if at is not None else None
+_LONG_AGO = sa.literal(datetime(1970, 1, 1, tzinfo=timezone.utc), sa.DateTime(timezone=True))
+
+
+def _unanswered_since() -> Any:
+    """For a reply written with no draft (a row of ``draft_decisions``): the client's oldest message, up to the
+    reply, after the conversation's previous reply (a person's message or an approval before this one; a
+    template is no reply). A correlated subquery, so one query serves every such reply."""
+    d, sent, replied = DraftDecision, aliased(Message), aliased(Message)
+    last_reply = (sa.select(sa.func.max(replied.sent_at))
+                  .where(replied.conversation_id == d.conversation_id, replied.direction == "outbound",
+                         replied.type != "template", replied.sent_at < d.decided_at).correlate(d).scalar_subquery())
+    last_approval = (sa.select(sa.func.max(DraftApproval.created_at))
+                     .where(DraftApproval.conversation_id == d.conversation_id,
+                            DraftApproval.created_at < d.decided_at).correlate(d).scalar_subquery())
+    return (sa.select(sa.func.min(sent.sent_at))
+            .where(sent.conversation_id == d.conversation_id, sent.direction == "inbound",
+                   sent.sent_at <= d.decided_at, sent.sent_at > sa.func.coalesce(last_reply, _LONG_AGO),
+                   sent.sent_at > sa.func.coalesce(last_approval, _LONG_AGO))
+            .correlate(d).scalar_subquery())
 
 
 def _chunks(items: list[int], size: int) -> list[list[int]]:
