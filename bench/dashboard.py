@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -65,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--poll-duration", type=float, default=60.0)
     parser.add_argument("--writes-per-second", type=float, default=10.0)
     parser.add_argument("--port", type=int, default=0, help="the dashboard's port (default: a free one)")
+    parser.add_argument("--root", type=Path, default=common.ROOT,
+                        help="the checkout whose migrations and dashboard run (default: this one)")
     return parser.parse_args(argv)
 
 
@@ -84,10 +87,10 @@ def ensure_database(url: str) -> None:
     admin.close()
 
 
-def migrate(url: str) -> None:
+def migrate(url: str, root: Path) -> None:
     env = {**os.environ, "DATABASE_URL": url, "WAFLOW_ENV": "development", "PATH": f"{common.VENV_BIN}:"
            f"{os.environ.get('PATH', '')}"}
-    done = subprocess.run([str(common.VENV_BIN / "alembic"), "upgrade", "head"], cwd=common.ROOT, env=env,
+    done = subprocess.run([str(common.VENV_BIN / "alembic"), "upgrade", "head"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=1800)
     if done.returncode:
         sys.exit(f"alembic upgrade head failed:\n{done.stdout}{done.stderr}")
@@ -110,7 +113,7 @@ def ensure_users(url: str) -> dict[str, int]:
 
 def prepare(args: argparse.Namespace) -> dict[str, Any]:
     ensure_database(args.database_url)
-    migrate(args.database_url)
+    migrate(args.database_url, args.root)
     people = ensure_users(args.database_url)
     db = psycopg2.connect(args.database_url)
     wanted = repr((args.conversations, args.messages, args.long, args.waiting, args.decisions))
@@ -277,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()
     results: dict[str, Any] = {"args": vars(args), "machine": common.machine_info(), "seed": seeded}
     with common.Processes(common.OUT_DIR / f"{run}-logs") as procs:
-        procs.start_procfile("dashboard", env)
+        procs.start_procfile("dashboard", env, root=args.root)
         common.wait_http(procs, "dashboard", f"{base}/healthz", timeout=60)
         lawyer, admin = signed_in(base, LAWYERS[0]), signed_in(base, ADMIN)
         quiet = signed_in(base, least_busy_lawyer(args.database_url, seeded["people"]))
