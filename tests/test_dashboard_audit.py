@@ -246,6 +246,14 @@ def test_the_csv_export_is_utf8_with_a_bom_and_holds_the_filtered_rows(admin_cli
     assert answer.headers["Cache-Control"] == "private, no-store"
 
 
+def test_an_export_is_logged_with_who_and_which_filters_and_no_client_text(admin_client, week10, caplog):
+    caplog.set_level("INFO", logger="waflow.dashboard.audit")
+    assert admin_client.get("/dashboard/audit.csv?action=reject&from=2026-03-05").status_code == 200
+    [line] = [r.getMessage() for r in caplog.records if "exported" in r.getMessage()]
+    assert re.fullmatch(r"dashboard: user \d+ exported the audit CSV \(lawyer None, action reject, from 2026-03-05 "
+                        r"to None\)", line)
+
+
 def test_a_lawyers_csv_holds_only_their_own_decisions(lawyer_client, week10, sari):
     for url in ("/dashboard/audit.csv", f"/dashboard/audit.csv?lawyer={sari.id}"):
         rows = _csv(lawyer_client.get(url))

@@ -9,6 +9,7 @@ Dates and weeks are the firm's (``WAFLOW_TIMEZONE``).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
@@ -24,6 +25,8 @@ from waflow.dashboard.worddiff import word_diff
 from waflow.drafts import history, report as weekly_report
 from waflow.models import DECISION_ACTIONS, REJECT_REASONS
 from waflow.web import request_connection
+
+logger = logging.getLogger(__name__)
 
 bp = Blueprint("audit", __name__, url_prefix="/dashboard")
 
@@ -166,7 +169,11 @@ def export() -> Response | tuple[str, int]:
         return render_template("dashboard/audit.html", chosen=chosen, rows=[], older=None, newest=None,
                                csv_url=None, **_common()), 400
     today = datetime.now(timezone.utc).astimezone(ZoneInfo(_zone())).date()
-    stream = audit_csv.stream(request_connection, _filters(chosen), _zone())
+    filters = _filters(chosen)
+    # Who took client text out of the dashboard, and which part (ids, codes and dates only).
+    logger.info("dashboard: user %s exported the audit CSV (lawyer %s, action %s, from %s to %s)", current_user.id,
+                filters.user_id, filters.action, chosen.first, chosen.last)
+    stream = audit_csv.stream(request_connection, filters, _zone())
     return Response(stream_with_context(stream), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="waflow-audit-{today}.csv"'})
 
