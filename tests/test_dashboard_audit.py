@@ -173,6 +173,23 @@ def _draft_of(conn, decision_id: int) -> int:
     return conn.execute(sa.select(DraftDecision.draft_id).where(DraftDecision.id == decision_id)).scalar_one()
 
 
+def test_each_decision_links_to_its_conversation_once_the_conversation_page_exists(db_url, var_dir, admin, week10):
+    from dashboard_support import login, make_app
+
+    without, app = make_app(db_url, var_dir), make_app(db_url, var_dir)
+    if "conversations.show" not in app.view_functions:  # the inbox branch's page; a stand-in before its merge
+        before = without.test_client()
+        login(before, admin.email)
+        assert 'href="/dashboard/conversations/' not in before.get("/dashboard/audit").get_data(as_text=True)
+        app.add_url_rule("/dashboard/conversations/<int:conversation_id>", "conversations.show",
+                         lambda conversation_id: "")
+    client = app.test_client()
+    login(client, admin.email)
+    html = client.get("/dashboard/audit?action=template").get_data(as_text=True)
+    conversation = re.search(r'<a href="/dashboard/conversations/(\d+)">conversation (\d+)</a>', html)
+    assert conversation and conversation.group(1) == conversation.group(2)
+
+
 def test_the_draft_and_the_sent_words_are_shown_side_by_side_as_a_word_diff(admin_client, week10):
     light = admin_client.get("/dashboard/audit?from=2026-03-04&to=2026-03-04").get_data(as_text=True)
     assert f"<ins>{LIGHT_TAIL.strip()}</ins>" in light
