@@ -148,9 +148,9 @@ def service_env(port: int, **extra: str) -> dict[str, str]:
     return env
 
 
-def procfile_entry(name: str) -> tuple[dict[str, str], str]:
+def procfile_entry(name: str, root: Path = ROOT) -> tuple[dict[str, str], str]:
     """The Procfile's ``name`` line: (leading VAR=value assignments, the command after them)."""
-    for line in (ROOT / "Procfile").read_text().splitlines():
+    for line in (root / "Procfile").read_text().splitlines():
         key, sep, command = line.partition(":")
         if sep and key.strip() == name:
             match = re.match(r"((?:[A-Za-z_]\w*=\S*\s+)*)(.*)", command.strip())
@@ -199,20 +199,21 @@ class Processes:
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
-    def start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> subprocess.Popen:
+    def start(self, name: str, argv: Sequence[str], env: dict[str, str], cwd: Path = ROOT) -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path(name), "ab") as log:
-            proc = subprocess.Popen(list(argv), cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+            proc = subprocess.Popen(list(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         self.running[name] = proc
         return proc
 
-    def start_procfile(self, name: str, env: dict[str, str], extra: Sequence[str] = ()) -> subprocess.Popen:
+    def start_procfile(self, name: str, env: dict[str, str], extra: Sequence[str] = (),
+                       root: Path = ROOT) -> subprocess.Popen:
         """Start the Procfile's ``name`` process through bash, so ``${VAR:-default}`` expands as in the Procfile;
-        ``extra`` arguments go after its command."""
-        assignments, command = procfile_entry(name)
+        ``extra`` arguments go after its command. ``root``: the checkout whose Procfile and code run."""
+        assignments, command = procfile_entry(name, root)
         command = " ".join([command, *extra])
-        return self.start(name, ["bash", "-c", f"exec {command}"], {**env, **assignments})
+        return self.start(name, ["bash", "-c", f"exec {command}"], {**env, **assignments}, cwd=root)
 
     def stop(self, name: str, grace: float = 25.0) -> None:
         proc = self.running.pop(name, None)

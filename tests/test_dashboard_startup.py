@@ -193,7 +193,22 @@ def test_both_procfiles_run_the_dashboard_with_gunicorns_factory_line_and_the_sh
     # honcho gives each line PORT + 100 x its position: bin/run prints the dashboard at PORT + 100.
     assert list(_procfile("Procfile.dev"))[:2] == ["web", "dashboard"]
     assert list(_procfile("Procfile.dev")).index("flower") == 4
-    assert "pybabel -q compile" in _procfile("Procfile")["release"]
+    assert "pybabel compile" in _procfile("Procfile")["release"]
+
+
+def test_the_release_lines_catalog_compile_runs_and_writes_each_catalog(tmp_path):
+    """pybabel takes -q before the command only ("pybabel compile -q" is refused): the release line runs as
+    written, on a copy of the catalogs."""
+    import shutil
+
+    release = _procfile("Procfile")["release"]
+    compile_step = next(step.strip() for step in release.split("&&") if "pybabel" in step)
+    copy = tmp_path / "translations"
+    shutil.copytree(ROOT / "waflow" / "dashboard" / "translations", copy, ignore=shutil.ignore_patterns("*.mo"))
+    command = compile_step.replace("pybabel", str(ROOT / ".venv" / "bin" / "pybabel"), 1).replace(
+        "waflow/dashboard/translations", str(copy))
+    subprocess.run(["bash", "-c", command], check=True, capture_output=True)
+    assert sorted(p.parent.parent.name for p in copy.glob("*/LC_MESSAGES/messages.mo")) == ["en", "id"]
 
 
 @pytest.mark.parametrize("chosen, runs", [(None, "wsgi:app"),

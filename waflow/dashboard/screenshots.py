@@ -4,7 +4,9 @@ It starts the real stack (``bin/run``) on a scratch var dir and free ports, has 
 firm through the Meta simulator (webhook, ingestor, core, drafter: the real pipeline), signs in as the demo
 lawyer in Chromium (Debian's ``/usr/bin/chromium``, driven by Playwright, a test-only dependency) and
 saves each page in ``SHOTS`` on a desktop and on a phone, in Indonesian and in English:
-``<shot>-<device>-<language>.png``. Then it stops the stack as Ctrl-C would.
+``<shot>-<device>-<language>.png``. Then it stops the stack as Ctrl-C would. Before the pictures, the demo
+lawyer decides on a few more clients' drafts with the drafts commands (``AUDIT_DECISIONS``), so the audit page
+and the weekly report have decisions to show and the other clients' drafts stay open.
 
 A page's engineer adds a ``Shot`` (and, if the page needs them, clients in ``DEMO_CLIENTS`` or a ``prepare``
 step that clicks the page into the state to show).
@@ -46,6 +48,8 @@ class Shot:
 SHOTS: list[Shot] = [
     Shot("login", "/login", signed_in=False),
     Shot("inbox", "/dashboard/"),
+    Shot("audit", "/dashboard/audit"),
+    Shot("report", "/dashboard/audit/report"),
 ]
 
 DEVICES = {
@@ -63,6 +67,25 @@ DEMO_CLIENTS = [
     ("6281210000003", "Siti Nurhaliza", "Halo, berkas gugatan warisan saya sudah sampai mana ya?"),
     ("6281210000004", "Rudi Hartono", "Maaf ganggu malam2, besok sidang jam berapa ya pak?"),
 ]
+
+
+# Clients whose drafts the demo lawyer decides on before the pictures, for the audit page and the weekly report
+# (``AUDIT_DECISIONS``, oldest first: the last is on top of the audit page).
+AUDIT_CLIENTS = [
+    ("6281210000005", "Agus Salim", "Bu, berapa biaya konsultasi pertama di kantor ibu?"),
+    ("6281210000006", "Bambang Wijaya", "Debt collector dtg ke rmh sy tiap hari, ngancam2. Sy hrs gmn?"),
+    ("6281210000007", "Rina Kusuma", "Sy mau buat perjanjian kerja sama usaha dg teman, bisa dibantu buatkan?"),
+]
+AUDIT_DECISIONS: list[tuple[str, list[str]]] = [
+    ("6281210000005", ["approve"]),
+    ("6281210000006", ["reject", "--reason", "needs_lawyer"]),
+    ("6281210000006", ["write", "--text", "Pak Bambang, penagih utang tidak boleh mengancam. Simpan bukti ancamannya "
+                                          "(rekaman, foto, nama penagih). Saya telepon Bapak jam 2 siang ini."]),
+    ("6281210000007", ["edit"]),
+]
+# The lawyer's edit of Rina's draft: a greeting of her own, and a promise instead of the draft's general line.
+EDIT_GREETING = "Selamat pagi, Bu Rina. "
+EDIT_FROM, EDIT_TO = "Seorang advokat akan menanggapi", "Saya sendiri akan menelepon Ibu hari ini dan menanggapi"
 
 
 def _free_base_port() -> int:
@@ -128,16 +151,50 @@ class Stack:
         _wait("the workers", lambda: self.log.read_text().count(" ready.") >= 6, 120, self.proc, self.log)
 
     def clients_write(self) -> None:
-        for wa_id, name, text in DEMO_CLIENTS:
+        for wa_id, name, text in DEMO_CLIENTS + AUDIT_CLIENTS:
             requests.post(f"{self.simulator}/_sim/inbound", json={"from": wa_id, "name": name, "text": text},
                           timeout=10).raise_for_status()
-        wanted = {wa_id for wa_id, _, _ in DEMO_CLIENTS}
+        wanted = {wa_id for wa_id, _, _ in DEMO_CLIENTS + AUDIT_CLIENTS}
         _wait("the clients' messages in the database", lambda: wanted <= self._stored_senders(), 60, self.proc,
               self.log)
 
     def _stored_senders(self) -> set[str]:
         with sqlite3.connect(self.var_dir / "waflow.db") as db:
             return {row[0] for row in db.execute("SELECT wa_id FROM contacts")}
+
+    def _ready_drafts(self) -> dict[str, tuple[int, int, str]]:
+        """wa_id -> (draft id, conversation id, text) of each ready draft."""
+        with sqlite3.connect(self.var_dir / "waflow.db") as db:
+            rows = db.execute("SELECT c.wa_id, d.id, d.conversation_id, d.text FROM drafts d "
+                              "JOIN conversations v ON v.id = d.conversation_id JOIN contacts c ON c.id = v.contact_id "
+                              "WHERE d.status = 'ready'").fetchall()
+        return {wa_id: (draft_id, conversation_id, text) for wa_id, draft_id, conversation_id, text in rows}
+
+    def lawyer_decides(self, email: str) -> None:
+        """The demo lawyer decides ``AUDIT_DECISIONS`` with the drafts commands (``bin/flask``), one by one."""
+        wanted = {wa_id for wa_id, _, _ in AUDIT_CLIENTS}
+        _wait("the audit clients' drafts", lambda: wanted <= set(self._ready_drafts()), 90, self.proc, self.log)
+        drafts = self._ready_drafts()
+        for wa_id, (command, *options) in AUDIT_DECISIONS:
+            draft_id, conversation_id, text = drafts[wa_id]
+            if command == "write":
+                args = ["write", str(conversation_id), *options]
+            elif command == "edit":
+                edited = EDIT_GREETING + text.replace(EDIT_FROM, EDIT_TO)
+                args = ["approve", str(draft_id), "--text", edited]
+            else:
+                args = [command, str(draft_id), *options]
+            subprocess.run(["env", f"WAFLOW_VAR_DIR={self.var_dir}", str(ROOT / "bin" / "flask"), "drafts", *args,
+                            "--by", email], cwd=ROOT, check=True, capture_output=True, timeout=60)
+            time.sleep(1.1)  # one decision a second: the audit page shows them apart
+        _wait("the approved replies' sends", self._sends_settled, 60, self.proc, self.log)
+
+    def _sends_settled(self) -> bool:
+        with sqlite3.connect(self.var_dir / "waflow.db") as db:
+            busy = db.execute("SELECT count(*) FROM draft_approvals a LEFT JOIN outbound_messages o "
+                              "ON o.approval_id = a.id WHERE o.id IS NULL OR o.status IN ('queued', 'sending') "
+                              "OR o.wamid NOT IN (SELECT wamid FROM messages WHERE status = 'read')").fetchone()[0]
+        return busy == 0
 
     def demo_lawyer(self) -> tuple[str, str]:
         for line in (self.var_dir / "demo-users.txt").read_text().splitlines():
@@ -214,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             stack.wait_ready()
             stack.clients_write()
+            stack.lawyer_decides(stack.demo_lawyer()[0])
             written = photograph(stack, args.out, set(args.only) if args.only else None)
         finally:
             stack.stop()
