@@ -47,9 +47,8 @@ def _search(query: Any, text: str) -> Any:
     return query.where(sa.or_(*terms))
 
 
-def inbox(conn: sa.Connection, user_id: int, *, filter: str = "all", search: str = "", limit: int = PAGE,
-          offset: int = 0, now: datetime | None = None) -> InboxPage:
-    """A page of the inbox for this lawyer."""
+def inbox_query(user_id: int, *, filter: str = "all", search: str = "", now: datetime | None = None) -> Any:
+    """The inbox's SELECT for this lawyer (``inbox`` pages it)."""
     now = now or datetime.now(timezone.utc)
     held_since = now - QUIET
     c = Conversation
@@ -73,8 +72,16 @@ def inbox(conn: sa.Connection, user_id: int, *, filter: str = "all", search: str
         query = query.where(Assignment.user_id.is_(None))
     elif filter == "urgent":
         query = query.where(c.urgent.is_(True))
-    query = _search(query, search)
-    rows = conn.execute(query.limit(limit + 1).offset(offset)).all()
+    return _search(query, search)
+
+
+def inbox(conn: sa.Connection, user_id: int, *, filter: str = "all", search: str = "", limit: int | None = None,
+          offset: int = 0, now: datetime | None = None) -> InboxPage:
+    """A page of the inbox for this lawyer (``limit`` rows, PAGE by default)."""
+    now = now or datetime.now(timezone.utc)
+    limit = limit or PAGE
+    rows = conn.execute(inbox_query(user_id, filter=filter, search=search, now=now)
+                        .limit(limit + 1).offset(offset)).all()
     return InboxPage(rows[:limit], len(rows) > limit, counts(conn, user_id, now))
 
 
