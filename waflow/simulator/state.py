@@ -16,6 +16,7 @@ from typing import Any
 import requests
 from flask import current_app
 
+from waflow.simulator.demo import DemoTraffic
 from waflow.simulator.faults import Fault, FaultQueue
 from waflow.simulator.inbound import InboundMedia, media_object, parse_inbound
 from waflow.simulator.ledger import Ledger, Send
@@ -24,7 +25,7 @@ from waflow.simulator.media_faults import media_fault_queue
 from waflow.simulator.options import RUNTIME_FIELDS, SimulatorOptions
 from waflow.simulator.templates import TemplateRegistry
 from waflow.simulator.users import Users
-from waflow.simulator.webhooks import (DemoTraffic, WebhookPoster, contact, envelope, inbound_message,
+from waflow.simulator.webhooks import (WebhookPoster, contact, envelope, inbound_message,
                                        status_update, webhook_error)
 
 logger = logging.getLogger(__name__)
