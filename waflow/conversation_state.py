@@ -189,7 +189,7 @@ def recompute(conn: sa.Connection, conversation_id: int | None = None) -> None:
     approved = sa.exists().where(OutboundMessage.wamid == later.c.wamid, OutboundMessage.approval_id.is_not(None))
     replied = (sa.select(sa.func.max(later.c.sent_at))
                .where(later.c.conversation_id == c.c.id, later.c.direction == "outbound",
-                      sa.or_(later.c.type != "template", approved)).scalar_subquery())
+                      sa.or_(later.c.type != "template", approved)).correlate(c).scalar_subquery())
     waiting = (sa.select(sa.func.min(m.c.sent_at))
                .where(mine, m.c.direction == "inbound", m.c.type.in_(ANSWERABLE_TYPES),
                       sa.or_(replied.is_(None), m.c.sent_at > replied)).scalar_subquery())

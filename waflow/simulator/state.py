@@ -171,8 +171,8 @@ class Simulator:
             result["media_id"] = stored.id
         else:
             content = {"body": inbound.text}
-        message = inbound_message(wamid=wamid, wa_id=inbound.wa_id, timestamp=int(self.clock()), kind=inbound.kind,
-                                  content=content, user_id=user_id)
+        message = inbound_message(wamid=wamid, wa_id=inbound.wa_id, timestamp=int(self.clock()) - inbound.sent_ago,
+                                  kind=inbound.kind, content=content, user_id=user_id)
         body = envelope(self.options.waba_id, inbound.phone_number_id, self.options.display_phone_number,
                         {"contacts": [contact(name=inbound.name, wa_id=inbound.wa_id, user_id=user_id)],
                          "messages": [message]})
