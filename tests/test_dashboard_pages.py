@@ -380,7 +380,7 @@ def test_the_window_left_is_meta_s_24_hours_from_the_clients_last_message():
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-@pytest.mark.parametrize("chosen", ["all", "urgent"])
+@pytest.mark.parametrize("chosen", ["all", "urgent", "unassigned"])
 def test_the_inbox_query_walks_its_index_on_postgresql_instead_of_sorting(db_url, lawyer, chosen):
     for i in range(30):
         seed_conversation(db_url, name=f"Klien {i}", wa_id=f"62812000{i:05d}", bodies=["halo"])

@@ -3,7 +3,7 @@
 
 - ``when``: "14:03" today, "2 Mar, 14:03" this year, "2 Mar 2025, 14:03" before (never 2/3, where the day and
   the month can be mistaken for each other);
-- ``waited``: how long ago, in one unit ("3 hours", "3 jam");
+- ``waited``: how long ago, rounded down ("1 h 30 min", "1 jam 30 menit"; "3 days");
 - ``left``: time left, in hours and minutes, rounded down ("5 h 12 min");
 - ``day``: a conversation's day heading ("Today", "Yesterday", "Monday 2 March 2026");
 - ``phone``: a WhatsApp id as a number with its +;
@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from flask import Flask
-from flask_babel import format_date, format_datetime, format_decimal, format_timedelta, gettext, to_user_timezone
+from flask_babel import format_date, format_datetime, format_decimal, gettext, ngettext, to_user_timezone
 
 from waflow.dashboard import words
 from waflow.media.serve import INLINE_TYPES
@@ -49,7 +49,9 @@ def waited(at: datetime | None, now: datetime | None = None) -> str:
     delta = max((now or datetime.now(timezone.utc)) - _aware(at), timedelta(0))
     if delta < timedelta(minutes=1):
         return gettext("less than a minute")
-    return format_timedelta(delta, granularity="minute", threshold=1)
+    if delta < timedelta(days=1):
+        return left(delta)
+    return ngettext("%(num)d day", "%(num)d days", delta.days)
 
 
 def left(delta: timedelta | None) -> str:

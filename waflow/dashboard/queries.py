@@ -69,7 +69,10 @@ def inbox_query(user_id: int, *, filter: str = "all", search: str = "", now: dat
     if filter == "mine":
         query = query.where(Assignment.user_id == user_id)
     elif filter == "unassigned":
-        query = query.where(Assignment.user_id.is_(None))
+        # NOT EXISTS rather than "the outer join found nobody": the planner then walks the inbox's index and
+        # stops after a page, instead of joining every unassigned conversation before sorting them.
+        other = Assignment.__table__.alias("held")
+        query = query.where(~sa.exists().where(other.c.conversation_id == c.id, other.c.assigned_at > held_since))
     elif filter == "urgent":
         query = query.where(c.urgent.is_(True))
     return _search(query, search)
