@@ -8,7 +8,7 @@ messages read for this lawyer and says they are viewing it; it never takes the c
 
 Fragments, fetched by ``static/conversation.js`` when the change log names this conversation: ``messages``
 (the newest page), ``draft`` (the panel; ``?was=<draft id>`` says what became of the draft the page showed),
-``people`` (holder and presence). ``presence`` is the page's heartbeat (viewing or editing), ``take`` and
+``people`` (the window, the wait, the holder and who else has it open). ``presence`` is the page's heartbeat (viewing or editing), ``take`` and
 ``release`` give and let go the conversation.
 """
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _people_fragment(conversation_id: int, change: str | None = None) -> str:
     now = datetime.now(timezone.utc)
     conn = request_connection()
     with conn.begin():
-        _conversation(conn, conversation_id)
+        conversation = _conversation(conn, conversation_id)
         if change == "take":
             claims.take(conn, conversation_id, current_user.id, now)
             claims.touch(conn, conversation_id, current_user.id, "editing", now)
@@ -102,7 +102,8 @@ def _people_fragment(conversation_id: int, change: str | None = None) -> str:
             claims.release(conn, conversation_id, current_user.id)
             claims.touch(conn, conversation_id, current_user.id, "viewing", now)
         people = _people(conn, conversation_id, now)
-    return render_template("dashboard/_people.html", conversation_id=conversation_id, **people)
+    return render_template("dashboard/_people.html", conversation=conversation, now=now,
+                           window_left=thread.window_left(conversation.last_inbound_at, now), **people)
 
 
 @bp.route("/<int:conversation_id>/people")

@@ -59,13 +59,26 @@
     return true;
   }
 
-  function scrollThread() {
+  function thread() {
     var list = document.getElementById("messages");
-    var box = list && list.closest(".thread");
+    return list && list.closest(".thread");
+  }
+
+  function scrollThread() {
+    var box = thread();
     if (box) {
       box.scrollTop = box.scrollHeight;
     }
   }
+
+  // A refresh of the messages keeps the lawyer where they were reading, unless they were at the newest.
+  var atNewest = true;
+  document.body.addEventListener("htmx:beforeSwap", function (event) {
+    var box = thread();
+    if (box && event.detail.target && event.detail.target.id === "messages") {
+      atNewest = box.scrollHeight - box.scrollTop - box.clientHeight < 48;
+    }
+  });
 
   document.addEventListener("click", function (event) {
     if (event.target instanceof Element && event.target.closest("#edit")) {
@@ -120,7 +133,7 @@
 
   document.body.addEventListener("htmx:afterSwap", function (event) {
     var target = event.detail.target;
-    if (target && (target.id === "messages" || target.closest && target.closest(".thread"))) {
+    if (target && target.id === "messages" && atNewest) {
       scrollThread();
     }
     lock();
@@ -129,6 +142,13 @@
   document.body.addEventListener("waflow:messages", function () {
     window.waflowRefresh(document.getElementById("messages"));
   });
+
+  // The window's time left and the wait move on by themselves: their line is fetched again every minute.
+  setInterval(function () {
+    if (document.visibilityState === "visible") {
+      window.waflowRefresh(document.getElementById("people"));
+    }
+  }, 60000);
 
   setInterval(function () {
     if (document.visibilityState === "visible") {

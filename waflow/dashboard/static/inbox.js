@@ -53,6 +53,13 @@
     }
   });
 
+  // How long each client has waited moves on by itself: the list is fetched again every minute.
+  setInterval(function () {
+    if (document.visibilityState === "visible") {
+      window.waflowRefresh(document.getElementById("inbox-list"));
+    }
+  }, 60000);
+
   if (window.waflowKeys) {
     window.waflowKeys.bind("j", function () { move(1); });
     window.waflowKeys.bind("k", function () { move(-1); });
