@@ -334,7 +334,8 @@ def test_payloads_in_names_texts_captions_and_file_names_render_inert(lawyer_cli
             "text/html", filename=PAYLOADS[1])
     pages = [text_of(lawyer_client.get("/dashboard/"))]
     for i in range(len(PAYLOADS)):
-        pages.append(text_of(lawyer_client.get(f"/dashboard/conversations/{conversation_of(db_url, f'62812000055{i}')}")))
+        conversation = conversation_of(db_url, f"62812000055{i}")
+        pages.append(text_of(lawyer_client.get(f"/dashboard/conversations/{conversation}")))
     for page in pages:
         assert "<script>alert" not in page and "<img src=x" not in page
         assert 'href="javascript' not in page and 'src="javascript' not in page

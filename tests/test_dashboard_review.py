@@ -50,7 +50,8 @@ def conversation_of(db: str, draft_id: int) -> int:
 
 
 def decisions_made(db: str) -> list[tuple]:
-    return [(r.action, r.via, r.reason) for r in rows(db, "SELECT action, via, reason FROM draft_decisions ORDER BY id")]
+    return [(r.action, r.via, r.reason)
+            for r in rows(db, "SELECT action, via, reason FROM draft_decisions ORDER BY id")]
 
 
 def holder(db: str, conversation_id: int) -> int | None:

@@ -1,5 +1,5 @@
-"""the dashboard's inbox: each conversation's wait, urgency, last message, client message count and
-assignee on its own row; lawyers' read state and presence; who has which conversation; messages indexed by conversation and time
+"""the dashboard's inbox: each conversation's wait, urgency, last message and client message count on its
+own row; who has which conversation; lawyers' read state and presence; messages indexed by conversation and time
 
 Revision ID: 0006
 Revises: 0005

@@ -8,8 +8,8 @@ messages read for this lawyer and says they are viewing it; it never takes the c
 
 Fragments, fetched by ``static/conversation.js`` when the change log names this conversation: ``messages``
 (the newest page), ``draft`` (the panel; ``?was=<draft id>`` says what became of the draft the page showed),
-``people`` (the window, the wait, the holder and who else has it open). ``presence`` is the page's heartbeat (viewing or editing), ``take`` and
-``release`` give and let go the conversation.
+``people`` (the window, the wait, the holder and who else has it open). ``presence`` is the page's heartbeat
+(viewing or editing), ``take`` and ``release`` give and let go the conversation.
 """
 from __future__ import annotations
 
