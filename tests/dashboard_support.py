@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from support import ROOT, free_port, wait_for
-from waflow import config, users
+from waflow import config, conversation_state, users
 from waflow.db import transaction
 
 PASSWORD = "correct horse battery staple"
@@ -141,7 +141,8 @@ def seed_conversation(db_url: str, *, name: str | None, wa_id: str, bodies: list
                       direction: str = "inbound", phone_number_id: str = "100000000000001",
                       last_at: Any = None) -> int:
     """A contact, their conversation and its text messages, written straight to the tables (not through the
-    pipeline): for pages that only read them. Returns the conversation's id."""
+    pipeline), with the inbox's columns derived from them (``conversation_state.recompute``, as a seeding
+    script does): for pages that only read them. Returns the conversation's id."""
     import uuid
     from datetime import datetime, timedelta, timezone
 
@@ -161,4 +162,5 @@ def seed_conversation(db_url: str, *, name: str | None, wa_id: str, bodies: list
                 wamid=f"wamid.seed-{uuid.uuid4().hex}", conversation_id=conversation_id, contact_id=contact_id,
                 phone_number_id=phone_number_id, direction=direction, type="text", body=body, sent_at=at,
                 received_at=at, content={"text": {"body": body}}))
+        conversation_state.recompute(conn, conversation_id)
     return conversation_id

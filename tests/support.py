@@ -33,9 +33,10 @@ REFERENCE_BODY = (
 REFERENCE_SIGNATURE = "sha256=54edfa1d7259e0eb13c677cc7d73d1b5c86cfa12433d19156e058ab9251bc441"
 
 # Children before the tables they reference (SQLite deletes and drops them in this order).
-TABLES = ("draft_decisions", "outbound_messages", "broadcasts", "draft_approvals", "drafts", "draft_request_messages",
-          "draft_requests", "users", "changes", "message_statuses", "messages", "conversations", "contacts", "media",
-          "webhook_payloads", "webhook_events", "dead_letter_replays", "dead_letters", "redeliveries")
+TABLES = ("presence", "conversation_reads", "assignments", "draft_decisions", "outbound_messages", "broadcasts",
+          "draft_approvals", "drafts", "draft_request_messages", "draft_requests", "changes", "message_statuses",
+          "messages", "conversations", "users", "contacts", "media", "webhook_payloads", "webhook_events",
+          "dead_letter_replays", "dead_letters", "redeliveries")
 
 
 class RecordingPublisher:

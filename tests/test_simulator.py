@@ -643,8 +643,18 @@ def test_inbound_injection_says_when_the_gateway_is_unreachable(make):
     assert send(client, text(to="+15551234567")).status_code == 200  # the customer did write
 
 
+def test_an_injected_message_can_have_been_sent_a_while_ago(make, receiver):
+    client = make(webhook_url=receiver.url).test_client()
+    assert client.post("/_sim/inbound", json={"from": "15551234567", "text": "Hi", "sent_ago": 3600}).status_code == 200
+    assert client.post("/_sim/inbound", json={"from": "15551234567", "text": "Hi again"}).status_code == 200
+    earlier, now = (split_webhook(body, time.time()).events[0].message.timestamp for _, body in receiver.posts)
+    assert now - earlier == 3600
+
+
 @pytest.mark.parametrize("doc", [{"text": "hi"}, {"from": "+15551234567", "text": "hi"},
-                                 {"from": "15551234567", "text": ""}, {"from": "15551234567", "type": "poll"}])
+                                 {"from": "15551234567", "text": ""}, {"from": "15551234567", "type": "poll"},
+                                 {"from": "15551234567", "text": "hi", "sent_ago": -5},
+                                 {"from": "15551234567", "text": "hi", "sent_ago": 8 * 86400}])
 def test_it_refuses_a_malformed_injection(sim, doc):
     response = sim.post("/_sim/inbound", json=doc)
     assert response.status_code == 400 and response.get_json()["error"]

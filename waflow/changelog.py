@@ -1,9 +1,9 @@
 """The change log: what changed, in order, for pages that ask "what changed since N".
 
 Any stage records a change in its own transaction (``record``), so the change is visible exactly
-when what it describes is: a draft ready, approved, superseded; later a new message or a delivery
+when what it describes is: a draft ready, approved, superseded, a new message, a delivery
 tick. A page keeps the last ``N`` it saw and asks ``since(conn, N)``: the changes after it, and the
-``N`` to ask with next time.
+``N`` to ask with next time (the dashboard's ``GET /dashboard/changes?since=N``).
 
 Ids come from the table's sequence, in the order rows were inserted, but on PostgreSQL transactions
 commit in their own order: id 10 can be visible while id 9's transaction has not committed yet (and
@@ -50,7 +50,9 @@ def record(conn: sa.Connection, kind: str, *, conversation_id: int | None = None
     """Record a change in the caller's transaction (once per ``key``, when one is given).
 
     ``kind`` is a dotted name: ``draft.ready``, ``draft.failed``, ``draft.approved``, ``draft.rejected``,
-    ``draft.superseded``, ``draft.requested`` (and, from the dashboard's issue, ``message.new``, ...)."""
+    ``draft.superseded``, ``reply.written`` (the drafts), ``message.new`` (core, the sender: a message stored),
+    ``delivery.tick`` (core: a reply's status moved), ``conversation.assigned`` and ``presence`` (the
+    dashboard: who has a conversation, who has it open)."""
     conn.execute(_insert(conn.dialect.name), {
         "kind": kind, "conversation_id": conversation_id, "draft_id": draft_id, "message_id": message_id,
         "key": key, "created_at": datetime.now(timezone.utc)})

@@ -3,11 +3,15 @@
 
 - message: the contact (by ``wa_id`` and/or business-scoped ``user_id``), the
   conversation (contact x business number) and the message, keyed on its wamid,
-  so a redelivered webhook leaves one row. A new inbound message then reaches
+  so a redelivered webhook leaves one row. A new inbound message updates what the
+  dashboard's inbox shows of its conversation and records ``message.new`` in the
+  change log (``waflow.conversation_state``), then reaches
   ``on_new_inbound_message``, the one place the AI draft step plugs in: a message
   to answer asks for a draft in the same transaction (``waflow.drafts.requests``).
 - status: every status kept as history (also for a wamid waflow has not seen);
-  the message's current status only moves forward (``models.STATUS_RANK``).
+  the message's current status only moves forward (``models.STATUS_RANK``), and
+  each move is a ``delivery.tick`` in the change log. A reply Meta could not
+  deliver puts its client back among the waiting ones.
 - error / field: stored in ``webhook_events``.
 - approval (``send_approved``): the sender's command, keyed by the approval (``waflow.drafts.sending``).
 
@@ -23,11 +27,14 @@ from typing import Any
 
 import sqlalchemy as sa
 from pydantic import ValidationError
+from sqlalchemy.dialects import postgresql
 
-from waflow import queues
+from waflow import changelog, conversation_state, queues
 from waflow.config import settings
 from waflow.contacts import upsert_contact, upsert_conversation
 from waflow.db import insert, transaction
+from waflow.drafting.signals import is_urgent
+from waflow.drafting.text import words
 from waflow.drafts import publish, requests, sending
 from waflow.events import InvalidEvent, NormalizedEvent
 from waflow.models import STATUS_RANK, Message, MessageStatus, WebhookEvent, status_rank
@@ -49,7 +56,27 @@ def _sql(dialect: str) -> SimpleNamespace:
         .returning(Message.id),
         insert_status=insert(dialect, MessageStatus).on_conflict_do_nothing(index_elements=["wamid", "status"]),
         insert_webhook_event=insert(dialect, WebhookEvent).on_conflict_do_nothing(index_elements=["event_id"]),
+        move_status=sa.update(Message).where(Message.wamid == sa.bindparam("s_wamid"),
+                                             status_rank(Message.status) < sa.bindparam("rank"))
+        .values(status=sa.bindparam("s_status"), status_at=sa.bindparam("s_at"))
+        .returning(Message.id, Message.conversation_id, Message.direction, Message.type, Message.sent_at),
     )
+
+
+# The status moved forward and its tick recorded in the change log, in one round trip (PostgreSQL).
+_RANK = str(status_rank(sa.literal_column("status")).compile(dialect=postgresql.dialect(),
+                                                             compile_kwargs={"literal_binds": True}))
+_MOVE_STATUS_AT_ONCE = sa.text(f"""
+WITH moved AS (
+  UPDATE messages SET status = :s_status, status_at = :s_at
+  WHERE wamid = :s_wamid AND {_RANK} < :rank
+  RETURNING id, conversation_id, direction, type, sent_at
+), logged AS (
+  INSERT INTO changes (kind, conversation_id, message_id, key, created_at)
+  SELECT 'delivery.tick', conversation_id, id, 'message:' || id || '\\:' || :s_status, :now FROM moved
+  ON CONFLICT (key) DO NOTHING
+)
+SELECT id, conversation_id, direction, type, sent_at FROM moved""")
 
 
 def persist_message(conn: sa.Connection, event: NormalizedEvent) -> tuple[int, int] | None:
@@ -67,7 +94,13 @@ def persist_message(conn: sa.Connection, event: NormalizedEvent) -> tuple[int, i
         "sent_at": sent_at, "received_at": _at(event.received_at),
         "context_wamid": msg.context.quoted_wamid if msg.context else None, "content": content,
     }).scalar()
-    return None if message_id is None else (message_id, conversation_id)
+    if message_id is None:
+        return None
+    answerable = requests.draftable(event)
+    urgent = answerable and bool(msg.text) and is_urgent(words(msg.text or ""))
+    conversation_state.inbound(conn, conversation_id, message_id, sent_at=sent_at, type=msg.type, body=msg.text,
+                               answerable=answerable, urgent=urgent)
+    return message_id, conversation_id
 
 
 def persist_status(conn: sa.Connection, event: NormalizedEvent, following: list | None = None) -> bool:
@@ -87,16 +120,26 @@ def persist_status(conn: sa.Connection, event: NormalizedEvent, following: list 
     }).rowcount == 1
     rank = STATUS_RANK.get(st.status)
     if rank is not None:
-        # Conditional write: a status only ever replaces a lower-ranked one.
-        conn.execute(
-            sa.update(Message)
-            .where(Message.wamid == st.wamid, status_rank(Message.status) < rank)
-            .values(status=st.status, status_at=_at(st.timestamp))
-        )
+        _move_status(conn, st.wamid, st.status, rank, _at(st.timestamp))
     settled = settle.reconcile(conn, st.biz_opaque_callback_data, st.wamid)
     if following is not None:
         following.extend(settled)
     return new
+
+
+def _move_status(conn: sa.Connection, wamid: str, status: str, rank: int, at: datetime) -> None:
+    """Move the message's status forward (a status only ever replaces a lower-ranked one), record the tick
+    for the dashboard, and put the client back among the waiting ones when a reply of ours failed."""
+    values = {"s_wamid": wamid, "s_status": status, "s_at": at, "rank": rank}
+    if conn.dialect.name == "postgresql":
+        moved = conn.execute(_MOVE_STATUS_AT_ONCE, {**values, "now": datetime.now(timezone.utc)}).first()
+    else:
+        moved = conn.execute(_sql(conn.dialect.name).move_status, values).first()
+        if moved is not None:
+            changelog.record(conn, "delivery.tick", conversation_id=moved.conversation_id, message_id=moved.id,
+                             key=f"message:{moved.id}:{status}")
+    if moved is not None and status == "failed" and moved.direction == "outbound" and moved.type != "template":
+        conversation_state.undelivered(conn, moved.conversation_id, moved.sent_at)
 
 
 def persist_webhook_event(conn: sa.Connection, event: NormalizedEvent) -> bool:

@@ -71,10 +71,22 @@ class Contact(Base):
 
 
 class Conversation(Base):
-    """One contact talking to one of the firm's business numbers."""
+    """One contact talking to one of the firm's business numbers.
+
+    The inbox's columns (``waflow.conversation_state``) are kept in the transactions that store the
+    messages: core for a client's message, the sender for a reply Meta accepted, the drafter for an urgent
+    draft. ``waiting_since`` is when the client's oldest message still without a reply from a person (or an
+    approved draft) was sent, None when nobody waits; ``urgent`` is only ever true while someone waits.
+    ``inbound_count`` counts the client's messages, so a lawyer's unread count is one subtraction
+    (``ConversationRead``). Who has it is its ``Assignment``."""
 
     __tablename__ = "conversations"
-    __table_args__ = (sa.UniqueConstraint("contact_id", "phone_number_id", name="conversation_per_number"),)
+    __table_args__ = (
+        sa.UniqueConstraint("contact_id", "phone_number_id", name="conversation_per_number"),
+        # The inbox's order (urgent first, then the longest wait, then the newest message): walked, never sorted.
+        sa.Index("ix_conversations_inbox", sa.desc("urgent"), "waiting_since", sa.desc("last_message_at"),
+                 sa.desc("id")),
+    )
 
     id: Mapped[intpk]
     contact_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("contacts.id"))
@@ -83,16 +95,27 @@ class Conversation(Base):
     # Opens the 24-hour customer-service window; the outbound stage checks it.
     last_inbound_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     created_at: Mapped[created_at]
+    waiting_since: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    urgent: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    last_message_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    last_message_direction: Mapped[str | None] = mapped_column(sa.Text)
+    last_message_type: Mapped[str | None] = mapped_column(sa.Text)
+    # The first PREVIEW_LENGTH characters of the last message's text or caption (client content).
+    last_message_preview: Mapped[str | None] = mapped_column(sa.Text)
+    inbound_count: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 class Message(Base):
     """A message in a conversation; ``wamid`` is Meta's id and the dedupe key."""
 
     __tablename__ = "messages"
+    # A conversation's messages in the order they were sent: the dashboard reads a page of them by keyset
+    # (sent_at, id), from the newest back, without counting the rest.
+    __table_args__ = (sa.Index("ix_messages_conversation_sent", "conversation_id", "sent_at", "id"),)
 
     id: Mapped[intpk]
     wamid: Mapped[str] = mapped_column(sa.Text, unique=True)
-    conversation_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("conversations.id"), index=True)
+    conversation_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("conversations.id"))
     contact_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("contacts.id"))
     phone_number_id: Mapped[str] = mapped_column(sa.Text)
     direction: Mapped[str] = mapped_column(sa.Text)  # inbound | outbound
@@ -516,3 +539,43 @@ class Change(Base):
     message_id: Mapped[int | None] = mapped_column(BigId)
     key: Mapped[str | None] = mapped_column(sa.Text, unique=True)
     created_at: Mapped[created_at]
+
+
+class Assignment(Base):
+    """Who has a conversation: the lawyer who last acted on it (started an edit or a reply, decided), at
+    ``assigned_at``. Theirs until they let it go, or until a quiet while has passed since then (the
+    dashboard's ``claims.QUIET``); a row past that is nobody's, and the next lawyer to act takes it."""
+
+    __tablename__ = "assignments"
+
+    conversation_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("conversations.id"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("users.id"), index=True)
+    assigned_at: Mapped[tstamp]
+
+
+class ConversationRead(Base):
+    """How many of a conversation's client messages a lawyer has seen: their unread count is the
+    conversation's ``inbound_count`` less ``inbound_seen``."""
+
+    __tablename__ = "conversation_reads"
+
+    user_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("users.id"), primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("conversations.id"), primary_key=True)
+    inbound_seen: Mapped[int] = mapped_column(default=0)
+    read_at: Mapped[created_at]
+
+
+PRESENCE_STATES = ("viewing", "editing")
+
+
+class Presence(Base):
+    """Who has a conversation open on the dashboard, and whether they are writing in it: refreshed by the
+    page every so often (throttled), and shown while ``seen_at`` is recent."""
+
+    __tablename__ = "presence"
+    __table_args__ = (sa.CheckConstraint("state IN ('viewing', 'editing')", name="presence_state"),)
+
+    conversation_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("conversations.id"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("users.id"), primary_key=True)
+    state: Mapped[str] = mapped_column(sa.Text)
+    seen_at: Mapped[tstamp]

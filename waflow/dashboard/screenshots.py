@@ -14,6 +14,7 @@ step that clicks the page into the state to show).
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import signal
 import socket
@@ -45,11 +46,25 @@ class Shot:
     prepare: Callable[[Any], None] | None = None
 
 
+def _open_conversation(name: str) -> Callable[[Any], None]:
+    """From the inbox, open the conversation of the client called ``name`` and wait for its draft and files."""
+
+    def prepare(page: Any) -> None:
+        page.locator("#inbox-list li", has_text=name).first.locator("a.row").click()
+        page.wait_for_url("**/dashboard/conversations/*")
+        page.locator("#draft-text").wait_for()
+        page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        page.wait_for_load_state("networkidle")
+
+    return prepare
+
+
 SHOTS: list[Shot] = [
     Shot("login", "/login", signed_in=False),
     Shot("inbox", "/dashboard/"),
     Shot("audit", "/dashboard/audit"),
     Shot("report", "/dashboard/audit/report"),
+    Shot("conversation", "/dashboard/", full_page=True, prepare=_open_conversation("Andi Pratama")),
 ]
 
 DEVICES = {
@@ -58,30 +73,70 @@ DEVICES = {
 }
 LANGUAGES = {"id": "id-ID", "en": "en-US"}
 
-# Clients who write in chat Indonesian, as the firm's do: (wa_id, name, text).
+# Clients who write as the firm's do, mostly in chat Indonesian: (wa_id, name, text, how many seconds ago they
+# sent it). Andi then sends a photo of the letter he received (PHOTO_CLIENT), so the conversation page has a file
+# to show beside its draft; Siti's draft is approved (ANSWERED), so the inbox also shows an answered client.
 DEMO_CLIENTS = [
-    ("6281210000001", "Dewi Lestari", "Selamat pagi, Bu. Saya mau konsultasi soal hak asuh anak setelah cerai, "
-                                      "kira-kira bisa ketemu minggu ini?"),
+    ("6281210000001", "Dewi Lestari", "Selamat pagi, Bu. Sy mau konsultasi soal hak asuh anak setelah cerai, "
+                                      "kira2 bisa ketemu minggu ini?", 11400),
     ("6281210000002", "Andi Pratama", "Pak, kontrak sewa ruko saya diputus sepihak sama pemilik. Apa saya bisa "
-                                      "minta ganti rugi?"),
-    ("6281210000003", "Siti Nurhaliza", "Halo, berkas gugatan warisan saya sudah sampai mana ya?"),
-    ("6281210000004", "Rudi Hartono", "Maaf ganggu malam2, besok sidang jam berapa ya pak?"),
+                                      "minta ganti rugi?", 2900),
+    ("6281210000003", "Siti Nurhaliza", "Halo, berkas gugatan warisan saya sudah sampai mana ya?", 18000),
+    ("6281210000004", "Rudi Hartono", "Maaf ganggu malam2, besok sidang jam berapa ya pak?", 720),
+    ("6281210000005", "Nur Aini", "Selamat siang bu, sy di-PHK tanpa pesangon stlh kerja 6 thn. sy berhak dpt "
+                                  "apa aja ya?", 1500),
+    ("447700900004", "James Whitfield", "Good morning, I need a lawyer to review a shareholder agreement for a PT "
+                                        "PMA before Friday. Is that possible?", 5400),
+    ("6281210000007", "Yohanes Siregar", "Siang pak, mau tanya biaya balik nama sertifikat tanah warisan brp ya?",
+     7300),
 ]
+PHOTO_CLIENT = ("6281210000002", "Andi Pratama", "ini surat dr pemilik ruko nya pak", 2840)
+ANSWERED = "6281210000003"
+
+
+def letter_png(width: int = 360, height: int = 480) -> bytes:
+    """A photographed letter, drawn without an imaging library: a white page on a grey desk, a letterhead
+    band and lines of "text" (a PNG; zlib and struct are all it takes)."""
+    import struct
+    import zlib
+
+    rows = []
+    for y in range(height):
+        row = bytearray([0])  # no filter
+        for x in range(width):
+            on_page = 24 <= x < width - 24 and 20 <= y < height - 20
+            shade = 0x9a
+            if on_page:
+                shade = 0xfb
+                if 44 <= y < 70 and 48 <= x < width - 48:
+                    shade = 0x2f  # the letterhead
+                elif y >= 100 and (y - 100) % 22 < 6 and 48 <= x < width - 48 - (((y - 100) // 22) * 37) % 90:
+                    shade = 0x6a  # a line of text, each a different length
+            row += bytes((shade, shade, min(255, shade + 4)))
+        rows.append(bytes(row))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"".join(rows), 9))
+            + chunk(b"IEND", b""))
 
 
 # Clients whose drafts the demo lawyer decides on before the pictures, for the audit page and the weekly report
 # (``AUDIT_DECISIONS``, oldest first: the last is on top of the audit page).
 AUDIT_CLIENTS = [
-    ("6281210000005", "Agus Salim", "Bu, berapa biaya konsultasi pertama di kantor ibu?"),
-    ("6281210000006", "Bambang Wijaya", "Debt collector dtg ke rmh sy tiap hari, ngancam2. Sy hrs gmn?"),
-    ("6281210000007", "Rina Kusuma", "Sy mau buat perjanjian kerja sama usaha dg teman, bisa dibantu buatkan?"),
+    ("6281210000011", "Agus Salim", "Bu, berapa biaya konsultasi pertama di kantor ibu?", 26000),
+    ("6281210000012", "Bambang Wijaya", "Debt collector dtg ke rmh sy tiap hari, ngancam2. Sy hrs gmn?", 25000),
+    ("6281210000013", "Rina Kusuma", "Sy mau buat perjanjian kerja sama usaha dg teman, bisa dibantu buatkan?",
+     24000),
 ]
 AUDIT_DECISIONS: list[tuple[str, list[str]]] = [
-    ("6281210000005", ["approve"]),
-    ("6281210000006", ["reject", "--reason", "needs_lawyer"]),
-    ("6281210000006", ["write", "--text", "Pak Bambang, penagih utang tidak boleh mengancam. Simpan bukti ancamannya "
+    ("6281210000011", ["approve"]),
+    ("6281210000012", ["reject", "--reason", "needs_lawyer"]),
+    ("6281210000012", ["write", "--text", "Pak Bambang, penagih utang tidak boleh mengancam. Simpan bukti ancamannya "
                                           "(rekaman, foto, nama penagih). Saya telepon Bapak jam 2 siang ini."]),
-    ("6281210000007", ["edit"]),
+    ("6281210000013", ["edit"]),
 ]
 # The lawyer's edit of Rina's draft: a greeting of her own, and a promise instead of the draft's general line.
 EDIT_GREETING = "Selamat pagi, Bu Rina. "
@@ -151,12 +206,37 @@ class Stack:
         _wait("the workers", lambda: self.log.read_text().count(" ready.") >= 6, 120, self.proc, self.log)
 
     def clients_write(self) -> None:
-        for wa_id, name, text in DEMO_CLIENTS + AUDIT_CLIENTS:
-            requests.post(f"{self.simulator}/_sim/inbound", json={"from": wa_id, "name": name, "text": text},
-                          timeout=10).raise_for_status()
-        wanted = {wa_id for wa_id, _, _ in DEMO_CLIENTS + AUDIT_CLIENTS}
+        for wa_id, name, text, ago in DEMO_CLIENTS + AUDIT_CLIENTS:
+            self._inbound({"from": wa_id, "name": name, "text": text, "sent_ago": ago})
+        wa_id, name, caption, ago = PHOTO_CLIENT
+        self._inbound({"from": wa_id, "name": name, "text": caption, "sent_ago": ago, "media": {
+            "kind": "image", "mime_type": "image/png", "data_base64": base64.b64encode(letter_png()).decode()}})
+        wanted = {wa_id for wa_id, _, _, _ in DEMO_CLIENTS + AUDIT_CLIENTS}
         _wait("the clients' messages in the database", lambda: wanted <= self._stored_senders(), 60, self.proc,
               self.log)
+        _wait("the drafts", lambda: self._count("SELECT count(DISTINCT conversation_id) FROM drafts "
+                                                "WHERE status = 'ready'") >= len(wanted), 90, self.proc, self.log)
+        _wait("the photo", lambda: self._count("SELECT count(*) FROM media WHERE status = 'stored'") >= 1, 60,
+              self.proc, self.log)
+
+    def answer_one(self, email: str) -> None:
+        """The demo lawyer approves one client's draft (through ``bin/flask``), and Meta's ticks come back."""
+        draft = self._count("SELECT d.id FROM drafts d JOIN conversations c ON c.id = d.conversation_id "
+                            "JOIN contacts k ON k.id = c.contact_id WHERE k.wa_id = ? AND d.status = 'ready'",
+                            ANSWERED)
+        subprocess.run([str(ROOT / "bin" / "flask"), "drafts", "approve", str(draft), "--by", email, "--wait", "20"],
+                       cwd=ROOT, env={**os.environ, "WAFLOW_VAR_DIR": str(self.var_dir)}, check=True,
+                       capture_output=True, timeout=120)
+        _wait("the reply read", lambda: self._count("SELECT count(*) FROM messages WHERE direction = 'outbound' "
+                                                    "AND status = 'read'") >= 1, 60, self.proc, self.log)
+
+    def _inbound(self, doc: dict[str, Any]) -> None:
+        requests.post(f"{self.simulator}/_sim/inbound", json=doc, timeout=10).raise_for_status()
+
+    def _count(self, sql: str, *params: Any) -> int:
+        with sqlite3.connect(self.var_dir / "waflow.db") as db:
+            found = db.execute(sql, params).fetchone()
+            return int(found[0]) if found and found[0] is not None else 0
 
     def _stored_senders(self) -> set[str]:
         with sqlite3.connect(self.var_dir / "waflow.db") as db:
@@ -172,7 +252,7 @@ class Stack:
 
     def lawyer_decides(self, email: str) -> None:
         """The demo lawyer decides ``AUDIT_DECISIONS`` with the drafts commands (``bin/flask``), one by one."""
-        wanted = {wa_id for wa_id, _, _ in AUDIT_CLIENTS}
+        wanted = {wa_id for wa_id, _, _, _ in AUDIT_CLIENTS}
         _wait("the audit clients' drafts", lambda: wanted <= set(self._ready_drafts()), 90, self.proc, self.log)
         drafts = self._ready_drafts()
         for wa_id, (command, *options) in AUDIT_DECISIONS:
@@ -271,6 +351,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             stack.wait_ready()
             stack.clients_write()
+            stack.answer_one(stack.demo_lawyer()[0])
             stack.lawyer_decides(stack.demo_lawyer()[0])
             written = photograph(stack, args.out, set(args.only) if args.only else None)
         finally:

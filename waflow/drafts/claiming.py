@@ -17,6 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from waflow import conversation_state
 from waflow.drafting import ClientMessage, Draft as Drafted, DraftInput, HistoryLine
 from waflow.drafts import stale
 from waflow.models import Contact, Conversation, Draft, DraftRequest, DraftRequestMessage, Message
@@ -118,6 +119,8 @@ def finish(conn: sa.Connection, claimed: Claimed, task_id: str | None, made: Dra
     if row is None:
         return "lost"
     _done(conn, claimed.request_id, now)
+    if row.status == "ready" and made is not None and "urgent" in made.flags:
+        conversation_state.flag_urgent(conn, claimed.conversation_id)  # pinned in the dashboard's inbox
     return row.status
 
 

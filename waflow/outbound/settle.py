@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from waflow import compose
+from waflow import compose, conversation_state
 from waflow.contacts import upsert_contact, upsert_conversation
 from waflow.db import execute_prepared, insert, prepared
 from waflow.events import ContactInfo
@@ -96,12 +96,16 @@ def accept(conn: sa.Connection, row: Any, wamid: str | None, wa_id: str | None, 
         return True
     contact_id = _recipient_contact(conn, row.recipient, wa_id)
     conversation_id = upsert_conversation(conn, contact_id, row.phone_number_id, None, None)
-    conn.execute(_insert_message(conn.dialect.name), {
+    kind = row.payload.get("type", row.kind)
+    message_id = conn.execute(_insert_message(conn.dialect.name), {
         "wamid": wamid, "status_wamid": wamid, "conversation_id": conversation_id, "contact_id": contact_id,
-        "phone_number_id": row.phone_number_id, "direction": "outbound", "type": row.payload.get("type", row.kind),
+        "phone_number_id": row.phone_number_id, "direction": "outbound", "type": kind,
         "body": row.text, "sent_at": now, "content": {"outbound_id": row.id, "request": row.payload},
         "context_wamid": (row.payload.get("context") or {}).get("message_id"),
-    })
+    }).scalar()
+    conversation_state.outbound(conn, conversation_id, message_id, sent_at=now, type=kind, body=row.text,
+                                ends=conversation_state.ends_wait(row.lane, row.kind, row.approval_id),
+                                commanded_at=row.created_at)
     return True
 
 
@@ -113,9 +117,13 @@ def _rank_sql(column: str) -> str:
 
 # accept() in one statement, on PostgreSQL, for a send to a phone number that Meta accepted with a wamid:
 # the message marked accepted (while still `sending` by this task), its contact and conversation found
-# or made, and its row in `messages` with the furthest status already kept for the wamid. Run in
-# autocommit it is one atomic transaction and one round trip, where accept() takes eight.
-ACCEPT_AT_ONCE = prepared("waflow_accept", "(bigint, text, text, timestamptz, text, text, text, text, jsonb, text)", f"""
+# or made (with what the inbox shows of it: conversation_state.outbound, $11 whether the reply ends the
+# client's wait, $12 when it was commanded), its row in `messages` with the furthest status already kept
+# for the wamid, and `message.new` in the change log. Run in autocommit it is one atomic transaction and
+# one round trip, where accept() takes ten.
+_NEWER = "(conversations.last_message_at IS NULL OR excluded.last_message_at >= conversations.last_message_at)"
+ACCEPT_AT_ONCE = prepared("waflow_accept", "(bigint, text, text, timestamptz, text, text, text, text, jsonb, text, "
+                          "boolean, timestamptz)", f"""
 WITH settled AS (
   UPDATE outbound_messages
   SET status = 'accepted', wamid = $3, accepted_at = $4, error_code = NULL, error_title = NULL,
@@ -127,8 +135,20 @@ WITH settled AS (
   ON CONFLICT (wa_id) DO UPDATE SET wa_id = excluded.wa_id
   RETURNING id
 ), conversation AS (
-  INSERT INTO conversations (contact_id, phone_number_id, created_at) SELECT id, $6, $4 FROM contact
-  ON CONFLICT (contact_id, phone_number_id) DO UPDATE SET phone_number_id = excluded.phone_number_id
+  INSERT INTO conversations (contact_id, phone_number_id, created_at, last_message_at, last_message_direction,
+                             last_message_type, last_message_preview)
+  SELECT id, $6, $4, $4, 'outbound', $7,
+         left(regexp_replace($8, '\\s+', ' ', 'g'), {conversation_state.PREVIEW_LENGTH}) FROM contact
+  ON CONFLICT (contact_id, phone_number_id) DO UPDATE SET
+    last_message_at = CASE WHEN {_NEWER} THEN excluded.last_message_at ELSE conversations.last_message_at END,
+    last_message_direction = CASE WHEN {_NEWER} THEN 'outbound' ELSE conversations.last_message_direction END,
+    last_message_type = CASE WHEN {_NEWER} THEN excluded.last_message_type ELSE conversations.last_message_type END,
+    last_message_preview = CASE WHEN {_NEWER} THEN excluded.last_message_preview
+                           ELSE conversations.last_message_preview END,
+    waiting_since = CASE WHEN $11 AND conversations.waiting_since IS NOT NULL
+                    THEN {conversation_state.still_waiting_sql("conversations.id", "$12")}
+                    ELSE conversations.waiting_since END,
+    urgent = CASE WHEN $11 THEN FALSE ELSE conversations.urgent END
   RETURNING id, contact_id
 ), furthest AS (
   SELECT status, timestamp FROM message_statuses
@@ -140,7 +160,11 @@ WITH settled AS (
          $10, (SELECT status FROM furthest), (SELECT timestamp FROM furthest), $4
   FROM conversation AS c
   ON CONFLICT (wamid) DO NOTHING
-  RETURNING id
+  RETURNING id, conversation_id
+), logged AS (
+  INSERT INTO changes (kind, conversation_id, message_id, key, created_at)
+  SELECT 'message.new', conversation_id, id, 'message:' || id || ':new', $4 FROM message
+  ON CONFLICT (key) DO NOTHING
 )
 SELECT (SELECT count(*) FROM settled) AS settled
 """)
@@ -165,7 +189,9 @@ def accept_at_once(conn: sa.Connection, claimed: Claimed, answer: Answer) -> Set
         conn, ACCEPT_AT_ONCE, row.id, claimed.task_id, answer.wamid, datetime.now(timezone.utc),
         answer.wa_id or row.recipient.lstrip("+"), row.phone_number_id, row.payload.get("type", row.kind),
         row.text, json.dumps({"outbound_id": row.id, "request": row.payload}),
-        (row.payload.get("context") or {}).get("message_id"), relaxed=True,  # see _relaxed_commit
+        (row.payload.get("context") or {}).get("message_id"),
+        conversation_state.ends_wait(row.lane, row.kind, row.approval_id), row.created_at,
+        relaxed=True,  # see _relaxed_commit
     ).scalar_one()
     if not settled:
         return Settled("settled meanwhile")
@@ -185,7 +211,7 @@ def _insert_message(dialect: str) -> Any:
 
     return insert(dialect, Message).values(
         status=furthest(MessageStatus.status), status_at=furthest(MessageStatus.timestamp),
-    ).on_conflict_do_nothing(index_elements=["wamid"])
+    ).on_conflict_do_nothing(index_elements=["wamid"]).returning(Message.id)
 
 
 def reconcile(conn: sa.Connection, callback_data: str | None, wamid: str) -> list[Queued]:

@@ -45,7 +45,8 @@ def warm_up(threads: int, wiring: task.Wiring | None = None) -> None:
                     # Statements that match nothing, on every connection: nothing changes, but the
                     # server process behind each one plans them and opens their tables and indexes.
                     execute_prepared(conn, claim.CLAIM_AT_ONCE, -1, None, now)
-                    execute_prepared(conn, settle.ACCEPT_AT_ONCE, -1, None, "", now, "", "", "", None, "{}", None)
+                    execute_prepared(conn, settle.ACCEPT_AT_ONCE, -1, None, "", now, "", "", "", None, "{}", None,
+                                     False, now)
                     execute_prepared(conn, settle.NEXT_AT_ONCE, "", "", -1)
                 else:
                     conn.execute(sa.text("SELECT 1"))

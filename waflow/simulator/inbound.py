@@ -1,8 +1,10 @@
 """What ``POST /_sim/inbound`` asks for: one client message, checked, and its media object.
 
 Body: ``{"from": "<wa_id>", "text"?: "...", "name"?: "...", "phone_number_id"?: "...",
-"user_id"?: "<BSUID>" | null, "type"?: "text" | "image", "media"?: {...}}``.
+"user_id"?: "<BSUID>" | null, "type"?: "text" | "image", "media"?: {...}, "sent_ago"?: <seconds>}``.
 
+- ``sent_ago``: the client sent it that many seconds ago (up to 7 days) and its webhook comes only now,
+  as Meta delivers after an outage: the message's ``timestamp`` says so.
 - ``user_id`` absent: the number's own stable BSUID (unless the runtime option ``user_ids`` is
   off); a string: that BSUID; ``null``: a phone-only contact, as webhooks before April 2026.
 - ``"type": "image"`` without ``media``: a small generated PNG, ``text`` as its caption.
@@ -50,6 +52,7 @@ class Inbound:
     user_id: str | None  # a BSUID the caller chose; None with phone_only False: the number's own
     phone_only: bool
     media: InboundMedia | None
+    sent_ago: int = 0
 
 
 def parse_inbound(doc: Any, default_number: str) -> Inbound:
@@ -78,9 +81,12 @@ def parse_inbound(doc: Any, default_number: str) -> Inbound:
     user_id = doc.get("user_id")
     if user_id is not None and not (isinstance(user_id, str) and BSUID.fullmatch(user_id)):
         raise ValueError("user_id must be a business-scoped user id such as US.13491208655302741918, or null")
+    sent_ago = doc.get("sent_ago", 0)
+    if isinstance(sent_ago, bool) or not isinstance(sent_ago, int) or not 0 <= sent_ago <= 7 * 86400:
+        raise ValueError("sent_ago must be whole seconds, 0 to 7 days")
     name = doc.get("name") or f"Client {wa_id[-4:]}"
     return Inbound(wa_id, str(name), str(doc.get("phone_number_id") or default_number), kind, text, user_id,
-                   "user_id" in doc and user_id is None, media)
+                   "user_id" in doc and user_id is None, media, sent_ago)
 
 
 def _media(doc: Any) -> InboundMedia:

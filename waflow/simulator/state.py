@@ -16,6 +16,7 @@ from typing import Any
 import requests
 from flask import current_app
 
+from waflow.simulator.demo import DemoTraffic
 from waflow.simulator.faults import Fault, FaultQueue
 from waflow.simulator.inbound import InboundMedia, media_object, parse_inbound
 from waflow.simulator.ledger import Ledger, Send
@@ -24,7 +25,7 @@ from waflow.simulator.media_faults import media_fault_queue
 from waflow.simulator.options import RUNTIME_FIELDS, SimulatorOptions
 from waflow.simulator.templates import TemplateRegistry
 from waflow.simulator.users import Users
-from waflow.simulator.webhooks import (DemoTraffic, WebhookPoster, contact, envelope, inbound_message,
+from waflow.simulator.webhooks import (WebhookPoster, contact, envelope, inbound_message,
                                        status_update, webhook_error)
 
 logger = logging.getLogger(__name__)
@@ -170,8 +171,8 @@ class Simulator:
             result["media_id"] = stored.id
         else:
             content = {"body": inbound.text}
-        message = inbound_message(wamid=wamid, wa_id=inbound.wa_id, timestamp=int(self.clock()), kind=inbound.kind,
-                                  content=content, user_id=user_id)
+        message = inbound_message(wamid=wamid, wa_id=inbound.wa_id, timestamp=int(self.clock()) - inbound.sent_ago,
+                                  kind=inbound.kind, content=content, user_id=user_id)
         body = envelope(self.options.waba_id, inbound.phone_number_id, self.options.display_phone_number,
                         {"contacts": [contact(name=inbound.name, wa_id=inbound.wa_id, user_id=user_id)],
                          "messages": [message]})

@@ -1,4 +1,5 @@
-"""Webhooks the simulator posts to the gateway: status updates, inbound messages, demo traffic.
+"""Webhooks the simulator posts to the gateway: status updates and inbound messages (the demo traffic's
+clients are ``demo.py``'s).
 
 Shapes follow Meta's (reference §4, held key by key against pywa's fixtures in
 ``tests/test_simulator_shapes.py``): ``entry[].id`` is the WABA id; ``value.contacts`` names the user
@@ -17,7 +18,6 @@ import heapq
 import itertools
 import json
 import logging
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -194,43 +194,3 @@ def inbound_message(*, wamid: str, wa_id: str, timestamp: int, kind: str, conten
     if user_id is not None:
         message["from_user_id"] = user_id
     return message
-
-
-CLIENTS = (("6281234567001", "Siti Rahmawati"), ("6281234567002", "Budi Santoso"),
-           ("15551230003", "Maria Gonzalez"), ("447700900004", "James Whitfield"))
-QUESTIONS = (
-    "Good morning, my landlord is keeping my deposit without any reason. What can I do?",
-    "Hello, I was dismissed from work without notice after 6 years. Am I entitled to severance?",
-    "I need a lawyer to review a shareholder agreement before Friday. Is that possible?",
-    "My ex-husband stopped paying child support three months ago. How do I enforce the court order?",
-    "Can you help me register a trademark for my coffee shop?",
-    "Selamat siang, saya ingin konsultasi soal sengketa tanah warisan keluarga.",
-    "Halo, apakah kantor Anda menangani kasus perceraian? Berapa biaya konsultasinya?",
-    "A supplier did not deliver the goods we paid for. Can we sue for breach of contract?",
-    "I received a summons for a traffic accident. Do I need to attend the hearing in person?",
-    "What documents do I need to set up a limited liability company (PT)?",
-)
-
-
-class DemoTraffic:
-    """Injects ``per_minute`` inbound text messages a minute from made-up clients, on its own thread."""
-
-    def __init__(self, per_minute: float, inject: Callable[[dict[str, Any]], Any]) -> None:
-        self._interval = 60.0 / per_minute
-        self._inject = inject
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sim-demo-traffic", daemon=True)
-
-    def start(self) -> None:
-        logger.info("simulator: demo traffic, one inbound message every %.2fs", self._interval)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            wa_id, name = random.choice(CLIENTS)
-            self._inject({"from": wa_id, "name": name, "text": random.choice(QUESTIONS), "type": "text"})

@@ -1,6 +1,7 @@
 // The dashboard's keyboard. "?" opens the help panel (the <dialog id="keyboard-help"> of base.html), Escape
-// closes it. Pages bind their own keys: waflowKeys.bind("j", function (event) { ... }). Keys typed into a
-// field, or with Ctrl, Alt or Meta held, are left alone, so typing a reply never approves it.
+// closes it. Pages bind their own keys: waflowKeys.bind("j", function (event) { ... }); a handler that returns
+// false leaves the key to the browser. Keys typed into a field, or with Ctrl, Alt or Meta held, are left alone,
+// so typing a reply never approves it.
 (function () {
   "use strict";
 
@@ -40,9 +41,9 @@
       return; // the dialog handles Escape itself
     }
     var handler = handlers[event.key];
-    if (handler) {
+    // A handler that returns false leaves the key to the browser (Enter on a focused button, say).
+    if (handler && handler(event) !== false) {
       event.preventDefault();
-      handler(event);
     }
   });
 
