@@ -224,9 +224,9 @@ class Stack:
         draft = self._count("SELECT d.id FROM drafts d JOIN conversations c ON c.id = d.conversation_id "
                             "JOIN contacts k ON k.id = c.contact_id WHERE k.wa_id = ? AND d.status = 'ready'",
                             ANSWERED)
-        subprocess.run([str(ROOT / "bin" / "flask"), "drafts", "approve", str(draft), "--by", email, "--wait", "20"],
-                       cwd=ROOT, env={**os.environ, "WAFLOW_VAR_DIR": str(self.var_dir)}, check=True,
-                       capture_output=True, timeout=120)
+        subprocess.run(["env", f"WAFLOW_VAR_DIR={self.var_dir}", str(ROOT / "bin" / "flask"), "drafts", "approve",
+                        str(draft), "--by", email, "--wait", "20"],
+                       cwd=ROOT, check=True, capture_output=True, timeout=120)
         _wait("the reply read", lambda: self._count("SELECT count(*) FROM messages WHERE direction = 'outbound' "
                                                     "AND status = 'read'") >= 1, 60, self.proc, self.log)
 
