@@ -402,3 +402,11 @@ def group_cpu_seconds(pgid: int) -> float:
         if int(fields[2]) == pgid:  # fields after the command: state, ppid, pgrp, ...; utime and stime at 11, 12
             total += (int(fields[11]) + int(fields[12])) / tick
     return total
+
+
+def truncate_all(cur: Any) -> None:
+    """Empty every table of waflow's schema but alembic's, read from the database (so a table a later migration
+    adds is emptied too), in one statement (so foreign keys between them do not stand in the way)."""
+    cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")
+    tables = [name for (name,) in cur.fetchall()]
+    cur.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")

@@ -39,9 +39,6 @@ import requests
 import _common as common
 from _common import queues
 
-TABLES = ("messages", "message_statuses", "conversations", "contacts", "media", "webhook_payloads", "webhook_events",
-          "outbound_messages", "broadcasts", "dead_letter_replays", "dead_letters", "redeliveries",
-          "draft_decisions", "draft_approvals", "drafts", "draft_request_messages", "draft_requests", "users", "changes")
 PHASES = ("batched", "single", "latency")
 WORKERS = ("ingestor", "core", "media")
 STAGE_QUEUES = (queues.INCOMING_RAW, queues.INCOMING_NORMALIZED, queues.MEDIA_PROCESSING)
@@ -110,7 +107,7 @@ class Database:
 
     def truncate(self) -> None:
         with self.conn.cursor() as cur:
-            cur.execute(f"truncate {', '.join(TABLES)} restart identity")
+            common.truncate_all(cur)
 
     def count(self, prefix: str) -> int:
         with self.conn.cursor() as cur:

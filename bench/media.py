@@ -39,8 +39,6 @@ from _common import queues
 
 MB = 2**20
 GROUPS = (("100 × 1 MB", 100, 1 * MB), ("5 × 50 MB", 5, 50 * MB), ("1 × 100 MB", 1, 100 * MB))
-TABLES = ("messages", "message_statuses", "conversations", "contacts", "webhook_payloads", "webhook_events",
-          "outbound_messages", "broadcasts", "dead_letter_replays", "dead_letters", "redeliveries", "media")
 
 
 def parse_args() -> argparse.Namespace:
@@ -85,7 +83,8 @@ class Bench:
                               capture_output=True, text=True, timeout=120)
         if done.returncode:
             sys.exit(f"alembic upgrade head failed:\n{done.stdout}{done.stderr}")
-        self.sql(f"truncate {', '.join(TABLES)} restart identity")
+        with self.db.cursor() as cur:
+            common.truncate_all(cur)
         common.declare_queues()
         common.purge([q.name for q in queues.declarations()])
         self.procs.start("meta", [sys.executable, "-m", "waflow.simulator", "--port", str(self.sim_port),
