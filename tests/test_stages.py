@@ -311,3 +311,15 @@ def test_a_fresh_process_that_imports_what_core_imports_prepares_the_send_path_o
     env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": PG_URL, "WAFLOW_VAR_DIR": str(ROOT / "var")}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["waflow_accept", "waflow_claim", "waflow_next"], out.stderr[-2000:]
+
+
+def test_a_worker_that_does_not_draft_never_loads_the_drafting_librarys_retrieval():
+    """Every worker imports every stage's module (Celery's ``imports``); bm25s and numpy (about 23 MB a
+    process) load only where a drafter is built."""
+    code = ("import sys\nfrom waflow.tasks import celery_app\ncelery_app.loader.import_default_modules()\n"
+            "print(sorted(m for m in ('bm25s', 'numpy', 'rapidfuzz', 'waflow.drafting.offline') if m in sys.modules))\n"
+            "from waflow.drafting import make_drafter\nfrom waflow import config\n"
+            "make_drafter(config.settings)\nprint('bm25s' in sys.modules)\n")
+    env = {"PATH": "/usr/bin:/bin", "WAFLOW_VAR_DIR": str(ROOT / "var")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split("\n")[:2] == ["[]", "True"], out.stderr[-2000:]

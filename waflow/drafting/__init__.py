@@ -12,15 +12,33 @@ Nothing here is sent to a client: a lawyer approves every draft.
 """
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from waflow import config
-from waflow.drafting.chat import ChatDrafter
-from waflow.drafting.knowledge import KnowledgeBase
-from waflow.drafting.offline import OfflineDrafter
-from waflow.drafting.prompt import PROMPT_VERSION
 from waflow.drafting.types import ClientMessage, Draft, Drafter, DraftInput, HistoryLine, Source
+
+if TYPE_CHECKING:
+    from waflow.drafting.chat import ChatDrafter
+    from waflow.drafting.knowledge import KnowledgeBase
+    from waflow.drafting.offline import OfflineDrafter
+    from waflow.drafting.prompt import PROMPT_VERSION
 
 __all__ = ["ChatDrafter", "ClientMessage", "Draft", "DraftInput", "Drafter", "HistoryLine", "KnowledgeBase",
            "OfflineDrafter", "PROMPT_VERSION", "Source", "make_drafter"]
+
+# The drafters load on first use (PEP 562): retrieval brings bm25s, numpy and rapidfuzz (about 23 MB), and
+# every worker imports this package through core's urgency check (``drafting.signals``) while only the
+# drafter line drafts.
+_LAZY = {"ChatDrafter": "waflow.drafting.chat", "OfflineDrafter": "waflow.drafting.offline",
+         "KnowledgeBase": "waflow.drafting.knowledge", "PROMPT_VERSION": "waflow.drafting.prompt"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 
 def make_drafter(settings: config.Settings, knowledge_base: KnowledgeBase | None = None) -> Drafter:
@@ -29,6 +47,10 @@ def make_drafter(settings: config.Settings, knowledge_base: KnowledgeBase | None
     Build it once per process: it keeps the knowledge base's index and, for ``chat``, an HTTP session.
     In production ``chat`` refuses a missing or weak ``DRAFT_LLM_API_KEY`` (``config.ConfigError``).
     """
+    from waflow.drafting.chat import ChatDrafter
+    from waflow.drafting.knowledge import KnowledgeBase
+    from waflow.drafting.offline import OfflineDrafter
+
     offline = OfflineDrafter(knowledge_base or KnowledgeBase(settings.knowledge_dir))
     if settings.drafter == "offline":
         return offline

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from waflow import conversation_state
-from waflow.drafting import ClientMessage, Draft as Drafted, DraftInput, HistoryLine
+from waflow.drafting.types import ClientMessage, Draft as Drafted, DraftInput, HistoryLine
 from waflow.drafts import stale
 from waflow.models import Contact, Conversation, Draft, DraftRequest, DraftRequestMessage, Message
 

@@ -28,7 +28,7 @@ from requests.adapters import HTTPAdapter
 
 from waflow import config, queues
 from waflow.db import transaction
-from waflow.drafting import ChatDrafter, Drafter, OfflineDrafter, make_drafter
+from waflow.drafting import Drafter, make_drafter
 from waflow.drafts import claiming, publish, sweep
 from waflow.tasks import stage_task
 
@@ -48,6 +48,10 @@ def drafter() -> Drafter:
         with _lock:
             if _drafter is None:
                 made = make_drafter(config.settings)
+                # Imported here, not at the top: every worker imports this module (Celery's ``imports``), and
+                # the drafters load retrieval's libraries (``waflow.drafting``), which only this line needs.
+                from waflow.drafting.chat import ChatDrafter
+
                 if isinstance(made, ChatDrafter):
                     # requests keeps 10 connections per host by default; more threads would open and
                     # drop a connection per draft.
@@ -122,9 +126,9 @@ def _prepare_the_drafter(sender: Any = None, **_: Any) -> None:
             made = drafter()
         except config.ConfigError as exc:
             raise config.refuse_to_start(exc) from None
-        offline = made.offline if isinstance(made, ChatDrafter) else made
-        if isinstance(offline, OfflineDrafter):
-            offline.index()
+        from waflow.drafting.chat import ChatDrafter  # loaded by drafter() above
+
+        (made.offline if isinstance(made, ChatDrafter) else made).index()
 
 
 @signals.worker_ready.connect
