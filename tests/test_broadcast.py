@@ -205,6 +205,25 @@ def test_numbers_with_a_leading_zero_get_the_default_country_code_and_the_dry_ru
         assert sorted(session.scalars(sa.select(OutboundMessage.recipient))) == ["+447700900123", "+6281234567001"]
 
 
+def test_a_configured_country_code_is_the_one_a_leading_zero_gets(default_db, meta, var_dir, monkeypatch, tmp_path):
+    from waflow import create_app
+    from support import RecordingPublisher
+
+    wipe(default_db)
+    monkeypatch.setattr(tasks, "dispatch", lambda name, args, **kw: None)
+    settings = config.load({"WAFLOW_VAR_DIR": var_dir, "WHATSAPP_API_URL": meta.api_url,
+                            "WAFLOW_DEFAULT_COUNTRY_CODE": "60"})  # a firm in Malaysia
+    app = create_app({"TESTING": True, "WAFLOW_SETTINGS": settings, "WAFLOW_PUBLISHER": RecordingPublisher()})
+    path = csv_file(tmp_path, "012-345 6789,2026-1\n")
+    dry = app.test_cli_runner().invoke(args=["broadcast", "case_update", path, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "a leading 0 is country code +60" in dry.output
+    assert "line 1: 012-345 6789 -> +60123456789" in dry.output
+    assert app.test_cli_runner().invoke(args=["broadcast", "case_update", path, "--no-wait"]).exit_code == 0
+    with orm(default_db) as session:
+        assert list(session.scalars(sa.select(OutboundMessage.recipient))) == ["+60123456789"]
+
+
 def test_send_rate_is_stored_for_every_sender_and_shown(cli):
     assert "80 msg/s (default), paced at 78.4/s" in cli("send-rate").output
     assert "250 msg/s (stored), paced at 245.0/s" in cli("send-rate", "250").output
