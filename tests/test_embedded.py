@@ -66,6 +66,39 @@ def _read_tables(var_dir: str, stop, errors) -> None:
                     errors.put(f"{type(exc).__name__}: {exc}")
 
 
+def test_a_thread_publishing_while_another_writes_the_same_binding_loses_no_message(tmp_path, monkeypatch):
+    """Two threads of one process declare the same queue (the gateway's request threads, each with its own
+    channel): the second must not publish by a binding the first has not written yet."""
+    writing, written = threading.Event(), threading.Event()
+    write = embedded._write_atomically
+
+    def slow_write(path, data):  # a busy disk: the table's fsync takes a while
+        writing.set()
+        time.sleep(0.5)
+        write(path, data)
+        written.set()
+
+    monkeypatch.setattr(embedded, "_write_atomically", slow_write)
+    queue = Queue("work", Exchange("wa", type="direct"), routing_key="work")
+
+    def declare() -> None:
+        with Connection("embedded://", transport_options=_options(tmp_path)) as conn:
+            queue(conn.channel()).declare()
+
+    first = threading.Thread(target=declare)
+    first.start()
+    assert writing.wait(10)
+    with Connection("embedded://", transport_options=_options(tmp_path)) as conn:
+        producer = conn.Producer(conn.channel())
+        producer.publish({"n": 1}, exchange=queue.exchange, routing_key="work", declare=[queue])
+    first.join(10)
+    assert written.is_set()
+    with Connection("embedded://", transport_options=_options(tmp_path)) as conn:
+        message = conn.SimpleQueue(queue).get(timeout=5)
+        assert message.payload == {"n": 1}
+        message.ack()
+
+
 def test_processes_binding_at_once_lose_no_binding_and_readers_never_see_half_a_table(tmp_path):
     ctx = multiprocessing.get_context("fork")
     stop, errors, barrier = ctx.Event(), ctx.Queue(), ctx.Barrier(BINDERS)

@@ -11,7 +11,9 @@ stock ``filesystem://`` where several processes sharing one folder meet:
   place, and creates it by truncating before it locks: a reader could load half a
   table, and two processes binding at once could each lose the other's binding.
   Here a table is changed under a lock file and written by rename; a reader sees
-  the old table or the new one, never a mix.
+  the old table or the new one, never a mix. And a binding is written before kombu
+  records it in the state the process's channels share (stock records it first, so
+  another thread could publish by it before the table held it: a lost message).
 - **A message is claimed by rename inside the broker folder.** Stock moves it to
   the system temporary folder, which is a copy (not atomic, and client text in a
   shared folder) wherever /tmp is another filesystem.
@@ -191,6 +193,17 @@ class Channel(filesystem.Channel):
                     _write_atomically(file, str_to_bytes(dumps(changed)))
         except OSError as exc:
             raise ChannelError(f"Cannot update {file}: {exc}") from exc
+
+    def queue_bind(self, queue, exchange=None, routing_key="", arguments=None, **kwargs):
+        """Write the binding to the exchange's table first, then let kombu record it.
+
+        kombu records a binding in the state all channels of the process share before it writes the table,
+        and skips a binding already recorded: a second thread declaring the same queue meanwhile went on to
+        publish, read a table without the binding and dropped its message (no dead-letter queue here). Here
+        the table is written (or found to hold the binding, under its lock) before the record exists."""
+        exchange = exchange or "amq.direct"
+        self._queue_bind(exchange, *self.typeof(exchange).prepare_bind(queue, exchange, routing_key, arguments))
+        super().queue_bind(queue, exchange, routing_key, arguments, **kwargs)
 
     def _queue_bind(self, exchange, routing_key, pattern, queue):
         binding = Binding(routing_key or "", pattern or "", queue or "")
