@@ -97,3 +97,44 @@ def test_changes_recorded_by_many_writers_at_once_each_reach_a_polling_reader_on
     stop.set()
     reader.join(30)
     assert sorted(seen) == sorted(n * 100 + i for n in range(8) for i in range(25))
+
+
+def _recorded(db_url: str, *ages: timedelta) -> list[int]:
+    """Record one change per age, oldest first, dated that long ago; their ids."""
+    now = datetime.now(timezone.utc)
+    with transaction(db_url) as conn:
+        for n in range(len(ages)):
+            changelog.record(conn, "draft.ready", draft_id=n + 1)
+        ids = [r.id for r in changelog.since(conn, 0, now=now).rows]
+        for id_, age in zip(ids, ages):
+            conn.execute(sa.update(Change).where(Change.id == id_).values(created_at=now - age))
+    return ids
+
+
+def test_prune_deletes_old_changes_but_always_keeps_the_newest(db_url):
+    now = datetime.now(timezone.utc)
+    old, older, recent = _recorded(db_url, timedelta(days=9), timedelta(days=8), timedelta(hours=1))
+    with transaction(db_url) as conn:
+        assert changelog.prune(conn, now - timedelta(days=2)) == 2
+        assert [r.id for r in changelog.since(conn, 0, now=now).rows] == [recent]
+    with transaction(db_url) as conn:  # everything old: the newest stays, so the cursor never goes back
+        assert changelog.prune(conn, now + timedelta(days=1)) == 0
+        assert changelog.latest(conn) == recent
+        changelog.record(conn, "draft.ready", draft_id=9)
+    with transaction(db_url) as conn:
+        assert [r.draft_id for r in changelog.since(conn, recent).rows] == [9]
+
+
+def test_the_prune_command_keeps_the_days_it_is_given(default_db):
+    from support import wipe
+    from waflow import config, create_app
+
+    db_url = default_db  # the database CLI commands use in this process
+    wipe(db_url)
+    kept = _recorded(db_url, timedelta(days=5), timedelta(days=1), timedelta(0))[1:]
+    app = create_app({"TESTING": True, "WAFLOW_SETTINGS": config.settings})
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["changes", "prune"]).output == "deleted 1 change(s) older than 2 day(s)\n"
+    assert runner.invoke(args=["changes", "prune", "--days", "0"]).exit_code == 2
+    with transaction(db_url) as conn:
+        assert [r.id for r in changelog.since(conn, 0).rows] == kept

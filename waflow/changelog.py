@@ -80,3 +80,13 @@ def since(conn: sa.Connection, after: int, limit: int = PAGE, now: datetime | No
 
 def _aware(at: datetime) -> datetime:
     return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at  # SQLite hands back naive UTC
+
+
+def prune(conn: sa.Connection, before: datetime) -> int:
+    """Delete the changes recorded before ``before``; return how many.
+
+    Open pages ask for changes seconds old, so days of the log are plenty. The newest change always stays:
+    ``latest`` never goes back, so a page's cursor stays valid (and SQLite, which numbers a row after the
+    highest id left, never hands out an id a page has already passed)."""
+    newest = sa.select(sa.func.max(Change.id)).scalar_subquery()
+    return conn.execute(sa.delete(Change).where(Change.created_at < before, Change.id < newest)).rowcount

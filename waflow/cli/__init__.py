@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from flask import current_app
 from flask.cli import with_appcontext
 
-from waflow.cli import dead_letters, drafts, media, sending, users
+from waflow.cli import changes, dead_letters, drafts, media, sending, users
 from waflow.db import get_engine
 from waflow.gateway import SIGNATURE_HEADER, signature_for
 from waflow.models import Message
@@ -79,4 +79,5 @@ def sample_webhook(text: str, url: str | None, wa_id: str, phone_number_id: str,
 def commands() -> list[click.Command]:
     """Every command ``flask --app wsgi`` offers."""
     return [sample_webhook, dead_letters.dlq_group, sending.send, sending.broadcast_command, sending.broadcast_cancel,
-            sending.send_rate, sending.outbox, media.media_group, drafts.drafts_group, users.users_group]
+            sending.send_rate, sending.outbox, media.media_group, drafts.drafts_group, users.users_group,
+            changes.changes_group]
