@@ -24,11 +24,11 @@ os.environ["WAFLOW_VAR_DIR"] = _VAR
 import pytest  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
-from support import RecordingPublisher, PG_URL, AMQP_URL, REDIS_URL, REFERENCE_SECRET, migrate, wipe  # noqa: E402
+from support import (  # noqa: E402
+    AMQP_URL, PG_URL, REDIS_URL, REFERENCE_SECRET, SKIP_AMQP, SKIP_PG, RecordingPublisher, migrate, wipe,
+)
 from waflow import config  # noqa: E402
 
-SKIP_PG = "WAFLOW_TEST_DATABASE_URL is not set: no PostgreSQL to test against (see README, 'Test it')"
-SKIP_AMQP = "WAFLOW_TEST_BROKER_URL is not set: no RabbitMQ to test against (see README, 'Test it')"
 SKIP_REDIS = "WAFLOW_TEST_REDIS_URL is not set: no Redis to test against (see README, 'Test it')"
 
 

@@ -19,6 +19,8 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("WAFLOW_TEST_DATABASE_URL", "")
 AMQP_URL = os.environ.get("WAFLOW_TEST_BROKER_URL", "")
+SKIP_PG = "WAFLOW_TEST_DATABASE_URL is not set: no PostgreSQL to test against (see README, 'Test it')"
+SKIP_AMQP = "WAFLOW_TEST_BROKER_URL is not set: no RabbitMQ to test against (see README, 'Test it')"
 REDIS_URL = os.environ.get("WAFLOW_TEST_REDIS_URL", "")
 
 # Meta's known-good signed delivery (../shared/reference/whatsapp-cloud-api.md, section 2).
@@ -172,6 +174,7 @@ class Stack:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/webhooks/whatsapp"
         self.database_url = database_url
+        self.var_dir = var_dir
         self.log_dir = Path(var_dir) / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.env = {
@@ -337,3 +340,43 @@ class SimulatorProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
+
+
+def prepared_stack(backends: str, prefix: str, **options: Any) -> Stack:
+    """A ``Stack`` (not started) in a fresh folder, its database migrated, ``settings`` set.
+
+    ``backends``: ``embedded`` (SQLite and the embedded broker in the folder), ``rabbitmq+postgresql`` (the
+    test's services; it skips without their URLs), or ``best`` (the services when both URLs are set, else
+    embedded). ``options`` go to ``Stack`` (``secret=``)."""
+    import tempfile
+
+    import pytest
+
+    from waflow import config
+
+    var_dir = tempfile.mkdtemp(prefix=prefix)
+    if backends == "best":
+        backends = "rabbitmq+postgresql" if PG_URL and AMQP_URL else "embedded"
+    if backends == "embedded":
+        database_url, broker_url = f"sqlite:///{var_dir}/waflow.db", "embedded://"
+    else:
+        if not PG_URL:
+            pytest.skip(SKIP_PG)
+        if not AMQP_URL:
+            pytest.skip(SKIP_AMQP)
+        database_url, broker_url = PG_URL, AMQP_URL
+    settings = config.load({"DATABASE_URL": database_url, "CELERY_BROKER_URL": broker_url, "WAFLOW_VAR_DIR": var_dir})
+    migrate(settings.database_url, fresh=True)
+    stack = Stack(database_url=database_url, broker_url=broker_url, var_dir=var_dir, **options)
+    stack.settings = settings
+    return stack
+
+
+@contextmanager
+def running(stack: Stack) -> Iterator[Stack]:
+    """``stack`` started, and stopped however the block ends."""
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()

@@ -22,7 +22,9 @@ def meta():
 
 
 @pytest.fixture
-def cli(default_db, meta, var_dir, monkeypatch, tmp_path):
+def cli_with(default_db, meta, var_dir, monkeypatch, tmp_path):
+    """``cli_with(**environment)``: run ``flask --app wsgi`` commands on the settings that environment gives.
+    What they queue is kept in ``.queued``, not published."""
     from waflow import create_app
     from support import RecordingPublisher
 
@@ -31,15 +33,24 @@ def cli(default_db, meta, var_dir, monkeypatch, tmp_path):
     monkeypatch.setattr(limiter, "default_store", lambda: store)
     queued: list[tuple[tuple, dict]] = []
     monkeypatch.setattr(tasks, "dispatch", lambda name, args, **kw: queued.append((tuple(args), kw)))
-    settings = config.load({"WAFLOW_VAR_DIR": var_dir, "WHATSAPP_API_URL": meta.api_url})
-    app = create_app({"TESTING": True, "WAFLOW_SETTINGS": settings, "WAFLOW_PUBLISHER": RecordingPublisher()})
-    runner = app.test_cli_runner()
 
-    def invoke(*args: str, **kw):
-        return runner.invoke(args=list(args), **kw)
+    def make(**environment: str):
+        settings = config.load({"WAFLOW_VAR_DIR": var_dir, "WHATSAPP_API_URL": meta.api_url, **environment})
+        app = create_app({"TESTING": True, "WAFLOW_SETTINGS": settings, "WAFLOW_PUBLISHER": RecordingPublisher()})
+        runner = app.test_cli_runner()
 
-    invoke.queued, invoke.db, invoke.store = queued, default_db, store
-    return invoke
+        def invoke(*args: str, **kw):
+            return runner.invoke(args=list(args), **kw)
+
+        invoke.queued, invoke.db, invoke.store = queued, default_db, store
+        return invoke
+
+    return make
+
+
+@pytest.fixture
+def cli(cli_with):
+    return cli_with()
 
 
 def csv_file(tmp_path, text: str, name: str = "clients.csv"):
@@ -205,22 +216,15 @@ def test_numbers_with_a_leading_zero_get_the_default_country_code_and_the_dry_ru
         assert sorted(session.scalars(sa.select(OutboundMessage.recipient))) == ["+447700900123", "+6281234567001"]
 
 
-def test_a_configured_country_code_is_the_one_a_leading_zero_gets(default_db, meta, var_dir, monkeypatch, tmp_path):
-    from waflow import create_app
-    from support import RecordingPublisher
-
-    wipe(default_db)
-    monkeypatch.setattr(tasks, "dispatch", lambda name, args, **kw: None)
-    settings = config.load({"WAFLOW_VAR_DIR": var_dir, "WHATSAPP_API_URL": meta.api_url,
-                            "WAFLOW_DEFAULT_COUNTRY_CODE": "60"})  # a firm in Malaysia
-    app = create_app({"TESTING": True, "WAFLOW_SETTINGS": settings, "WAFLOW_PUBLISHER": RecordingPublisher()})
+def test_a_configured_country_code_is_the_one_a_leading_zero_gets(cli_with, tmp_path):
+    cli = cli_with(WAFLOW_DEFAULT_COUNTRY_CODE="60")  # a firm in Malaysia
     path = csv_file(tmp_path, "012-345 6789,2026-1\n")
-    dry = app.test_cli_runner().invoke(args=["broadcast", "case_update", path, "--dry-run"])
+    dry = cli("broadcast", "case_update", path, "--dry-run")
     assert dry.exit_code == 0, dry.output
     assert "a leading 0 is country code +60" in dry.output
     assert "line 1: 012-345 6789 -> +60123456789" in dry.output
-    assert app.test_cli_runner().invoke(args=["broadcast", "case_update", path, "--no-wait"]).exit_code == 0
-    with orm(default_db) as session:
+    assert cli("broadcast", "case_update", path, "--no-wait").exit_code == 0
+    with orm(cli.db) as session:
         assert list(session.scalars(sa.select(OutboundMessage.recipient))) == ["+60123456789"]
 
 

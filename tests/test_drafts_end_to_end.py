@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -21,10 +20,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from conftest import SKIP_AMQP, SKIP_PG
 from drafting_support import copy_sample
-from support import AMQP_URL, PG_URL, ROOT, SimulatorProcess, Stack, migrate, wait_for, wipe
-from waflow import config
+from support import ROOT, SimulatorProcess, Stack, prepared_stack, wait_for, wipe
 from waflow.db import get_engine
 
 BY = "ratna@firma.id"
@@ -34,19 +31,8 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module", params=["embedded", "rabbitmq+postgresql"])
 def deployed(request):
-    var_dir = tempfile.mkdtemp(prefix="waflow-drafts-e2e-")
-    if request.param == "embedded":
-        database_url, broker_url = f"sqlite:///{var_dir}/waflow.db", "embedded://"
-    else:
-        if not PG_URL:
-            pytest.skip(SKIP_PG)
-        if not AMQP_URL:
-            pytest.skip(SKIP_AMQP)
-        database_url, broker_url = PG_URL, AMQP_URL
-    settings = config.load({"DATABASE_URL": database_url, "CELERY_BROKER_URL": broker_url, "WAFLOW_VAR_DIR": var_dir})
-    migrate(settings.database_url, fresh=True)
-    stack = Stack(database_url=database_url, broker_url=broker_url, var_dir=var_dir)
-    stack.settings = settings
+    stack = prepared_stack(request.param, "waflow-drafts-e2e-")
+    var_dir = stack.var_dir
     stack.knowledge = copy_sample(Path(var_dir))
     stack.env.update(WAFLOW_KNOWLEDGE_DIR=str(stack.knowledge), DRAFT_QUIET_SECONDS="2",
                      SIMULATOR_WEBHOOK_URL=stack.url)

@@ -5,7 +5,6 @@ when their URLs are set, once on RabbitMQ + PostgreSQL.
 """
 from __future__ import annotations
 
-import tempfile
 import threading
 
 import pytest
@@ -14,32 +13,15 @@ from kombu import Connection
 
 from conftest import SKIP_AMQP, SKIP_PG
 from fixtures import load_cases, to_bytes, unique_ids
-from support import AMQP_URL, PG_URL, Stack, compact, migrate, text_webhook, wait_for, wipe
+from support import AMQP_URL, PG_URL, Stack, compact, migrate, prepared_stack, running, text_webhook, wait_for, wipe
 from waflow import config, queues
 from waflow.db import get_engine
 
 
 @pytest.fixture(scope="module", params=["embedded", "rabbitmq+postgresql"])
 def stack(request):
-    var_dir = tempfile.mkdtemp(prefix="waflow-e2e-")
-    if request.param == "embedded":
-        database_url, broker_url = f"sqlite:///{var_dir}/waflow.db", "embedded://"
-    else:
-        if not PG_URL:
-            pytest.skip(SKIP_PG)
-        if not AMQP_URL:
-            pytest.skip(SKIP_AMQP)
-        database_url, broker_url = PG_URL, AMQP_URL
-    settings = config.load({"DATABASE_URL": database_url, "CELERY_BROKER_URL": broker_url,
-                            "WAFLOW_VAR_DIR": var_dir})
-    migrate(settings.database_url, fresh=True)
-    running = Stack(database_url=database_url, broker_url=broker_url, var_dir=var_dir)
-    running.settings = settings
-    try:
-        running.start()
-        yield running
-    finally:
-        running.stop()
+    with running(prepared_stack(request.param, "waflow-e2e-")) as started:
+        yield started
 
 
 @pytest.fixture

@@ -14,37 +14,22 @@ import hashlib
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from conftest import SKIP_AMQP, SKIP_PG
 from hostile_bodies import (MARKER, bracket_flow, deep_message, envelope, idless_batch, nested_edit, random_id,
                             text)
-from support import AMQP_URL, PG_URL, ROOT, Stack, compact, migrate, wait_for, wipe
+from support import ROOT, compact, prepared_stack, running, wait_for, wipe
 from test_end_to_end import drain_dead_letters, scalar, wait_rows
-from waflow import config
 from waflow.db import get_engine
 
 
 @pytest.fixture(scope="module")
 def stack():
-    if not PG_URL:
-        pytest.skip(SKIP_PG)
-    if not AMQP_URL:
-        pytest.skip(SKIP_AMQP)
-    var_dir = tempfile.mkdtemp(prefix="waflow-ingest-stack-")
-    settings = config.load({"DATABASE_URL": PG_URL, "CELERY_BROKER_URL": AMQP_URL, "WAFLOW_VAR_DIR": var_dir})
-    migrate(settings.database_url, fresh=True)
-    running = Stack(database_url=PG_URL, broker_url=AMQP_URL, var_dir=var_dir)
-    running.settings = settings
-    try:
-        running.start()
-        yield running
-    finally:
-        running.stop()
+    with running(prepared_stack("rabbitmq+postgresql", "waflow-ingest-stack-")) as started:
+        yield started
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import base64
 import hashlib
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,27 +16,14 @@ import requests
 import sqlalchemy as sa
 
 from media_support import pdf
-from support import AMQP_URL, PG_URL, ROOT, Stack, migrate, wait_for, wipe
-from waflow import config
+from support import ROOT, prepared_stack, running, wait_for, wipe
 from waflow.db import get_engine
 
 
 @pytest.fixture(scope="module")
 def stack():
-    var_dir = tempfile.mkdtemp(prefix="waflow-media-")
-    if PG_URL and AMQP_URL:
-        database_url, broker_url = PG_URL, AMQP_URL
-    else:
-        database_url, broker_url = f"sqlite:///{var_dir}/waflow.db", "embedded://"
-    settings = config.load({"DATABASE_URL": database_url, "CELERY_BROKER_URL": broker_url, "WAFLOW_VAR_DIR": var_dir})
-    migrate(settings.database_url, fresh=True)
-    running = Stack(database_url=database_url, broker_url=broker_url, var_dir=var_dir)
-    running.settings = settings
-    try:
-        running.start()
-        yield running
-    finally:
-        running.stop()
+    with running(prepared_stack("best", "waflow-media-")) as started:
+        yield started
 
 
 @pytest.fixture

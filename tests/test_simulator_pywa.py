@@ -20,7 +20,6 @@ import hashlib
 import http.server
 import json
 import logging
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -37,7 +36,7 @@ from pywa.types.templates import BodyText, TemplateLanguage
 from werkzeug.serving import make_server
 
 from simulator_support import NUMBER, SECRET, TOKEN, make, clock, serve  # noqa: F401
-from support import AMQP_URL, PG_URL, Stack, free_port, migrate, wait_for, wipe
+from support import Stack, free_port, prepared_stack, running, wait_for, wipe
 from waflow import config
 from waflow.db import get_engine
 from waflow.simulator.users import business_scoped_id
@@ -386,20 +385,8 @@ class Tee:
 def stack() -> Iterator[Stack]:
     """waflow's inbound spine as deployed (gunicorn, Celery workers) with the simulator's app secret: on
     RabbitMQ and PostgreSQL when their URLs are set, else on the embedded default."""
-    var_dir = tempfile.mkdtemp(prefix="waflow-sim-pywa-")
-    if PG_URL and AMQP_URL:
-        database_url, broker_url = PG_URL, AMQP_URL
-    else:
-        database_url, broker_url = f"sqlite:///{var_dir}/waflow.db", "embedded://"
-    settings = config.load({"DATABASE_URL": database_url, "CELERY_BROKER_URL": broker_url, "WAFLOW_VAR_DIR": var_dir})
-    migrate(settings.database_url, fresh=True)
-    running = Stack(database_url=database_url, broker_url=broker_url, var_dir=var_dir, secret=SECRET)
-    running.settings = settings
-    try:
-        running.start()
-        yield running
-    finally:
-        running.stop()
+    with running(prepared_stack("best", "waflow-sim-pywa-", secret=SECRET)) as started:
+        yield started
 
 
 def test_the_same_webhooks_reach_pywa_and_waflows_gateway_and_persist(make, pywa_receiver, stack, caplog):
