@@ -28,7 +28,9 @@ INBOUND_TTL = 7 * 24 * 3600
 UPLOAD_TTL = 30 * 24 * 3600
 DOWNLOAD_PATH = "whatsapp_business/attachments/"
 KINDS = ("image", "video", "audio", "document", "sticker")
-# Meta's upload limits per kind (§5); a bigger file is refused with 131053. A sticker upload may be
+# Meta's upload limits per kind (§5); a bigger file is refused with 131053. Written here from the reference,
+# not imported from waflow.whatsapp_media: the simulator stands for Meta, so a mistake in waflow's own table
+# shows as a refusal instead of being mirrored. A sticker upload may be
 # animated (500 KB) or static (100 KB): the upload does not say which, so the larger bound applies.
 LIMITS = {"image": 5 * 2**20, "video": 16 * 2**20, "audio": 16 * 2**20, "sticker": 500 * 2**10,
           "document": 100 * 2**20}
