@@ -99,6 +99,21 @@ def test_a_thread_publishing_while_another_writes_the_same_binding_loses_no_mess
         message.ack()
 
 
+def test_an_unbound_queue_gets_no_more_messages(tmp_path):
+    exchange = Exchange("wa", type="direct")
+    kept, unbound = Queue("kept", exchange, routing_key="work"), Queue("unbound", exchange, routing_key="work")
+    with Connection("embedded://", transport_options=_options(tmp_path)) as conn:
+        channel = conn.channel()
+        kept(channel).declare()
+        unbound(channel).declare()
+        unbound(channel).unbind_from(exchange, routing_key="work")
+        assert _table(tmp_path, "wa") == ["kept"]
+        conn.Producer(channel).publish({"n": 1}, exchange=exchange, routing_key="work")
+        assert conn.SimpleQueue(kept).get(timeout=5).payload == {"n": 1}
+        with pytest.raises(conn.SimpleQueue(unbound).Empty):
+            conn.SimpleQueue(unbound).get(timeout=0.5)
+
+
 def test_processes_binding_at_once_lose_no_binding_and_readers_never_see_half_a_table(tmp_path):
     ctx = multiprocessing.get_context("fork")
     stop, errors, barrier = ctx.Event(), ctx.Queue(), ctx.Barrier(BINDERS)

@@ -85,7 +85,8 @@ def _aware(at: datetime) -> datetime:
 def prune(conn: sa.Connection, before: datetime) -> int:
     """Delete the changes recorded before ``before``; return how many.
 
-    Open pages ask for changes seconds old, so days of the log are plenty. The newest change always stays:
+    Open pages ask for changes seconds old, so days of the log are plenty (a page hidden for longer has no
+    session left to poll with: 12 idle hours end it, and the login page brings a fresh page). The newest change always stays:
     ``latest`` never goes back, so a page's cursor stays valid (and SQLite, which numbers a row after the
     highest id left, never hands out an id a page has already passed)."""
     newest = sa.select(sa.func.max(Change.id)).scalar_subquery()

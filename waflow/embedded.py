@@ -202,8 +202,19 @@ class Channel(filesystem.Channel):
         publish, read a table without the binding and dropped its message (no dead-letter queue here). Here
         the table is written (or found to hold the binding, under its lock) before the record exists."""
         exchange = exchange or "amq.direct"
+        if exchange not in self.state.exchanges:
+            raise KeyError(exchange)  # not declared in this process: refused as stock refuses it, before any write
         self._queue_bind(exchange, *self.typeof(exchange).prepare_bind(queue, exchange, routing_key, arguments))
         super().queue_bind(queue, exchange, routing_key, arguments, **kwargs)
+
+    def queue_unbind(self, queue, exchange=None, routing_key="", arguments=None, **kwargs):
+        """Remove the binding from the exchange's table, then from kombu's record. (Stock kombu removes it from
+        a copy of the table read from the file, so the file kept it and messages kept arriving.)"""
+        exchange = exchange or "amq.direct"
+        routing_key, pattern, queue_name = self.typeof(exchange).prepare_bind(queue, exchange, routing_key, arguments)
+        binding = Binding(routing_key or "", pattern or "", queue_name or "")
+        self._change_table(exchange, lambda table: [b for b in table if b != binding])
+        self.state.binding_delete(queue, exchange, routing_key)
 
     def _queue_bind(self, exchange, routing_key, pattern, queue):
         binding = Binding(routing_key or "", pattern or "", queue or "")
