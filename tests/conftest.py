@@ -25,7 +25,8 @@ import pytest  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
 from support import (  # noqa: E402
-    AMQP_URL, PG_URL, REDIS_URL, REFERENCE_SECRET, SKIP_AMQP, SKIP_PG, RecordingPublisher, migrate, wipe,
+    AMQP_URL, PG_URL, REDIS_URL, REFERENCE_SECRET, SKIP_AMQP, SKIP_PG, RecordingPublisher, SimulatorProcess, migrate,
+    wipe,
 )
 from waflow import config  # noqa: E402
 
@@ -38,6 +39,15 @@ def pytest_sessionstart(session) -> None:
     if os.environ.get("WAFLOW_TEST_REQUIRE_SERVICES") == "1" and not (PG_URL and AMQP_URL and REDIS_URL):
         pytest.exit("WAFLOW_TEST_REQUIRE_SERVICES=1 but WAFLOW_TEST_DATABASE_URL, WAFLOW_TEST_BROKER_URL or "
                     "WAFLOW_TEST_REDIS_URL is not set", returncode=3)
+
+
+@pytest.fixture(scope="module")
+def meta():
+    """The Meta simulator for the tests that send: no status webhooks, every client's 24-hour window open, a
+    burst of 1,000 sends per pair of numbers. A module that needs another simulator defines its own ``meta``."""
+    sim = SimulatorProcess("--no-status-webhooks", "--open-windows", "--pair-burst", "1000").start()
+    yield sim
+    sim.stop()
 
 
 requires_rabbitmq = pytest.mark.skipif(not AMQP_URL, reason=SKIP_AMQP)

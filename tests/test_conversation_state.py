@@ -18,7 +18,7 @@ from alembic import command
 from alembic.config import Config
 
 from drafts_support import CLIENT, NUMBER, client_writes, draft, lawyer, message, one, receive, rows, scalar, webhook
-from support import ROOT, SimulatorProcess
+from support import ROOT
 from waflow import conversation_state, limiter, whatsapp
 from waflow.config import settings
 from waflow.db import transaction
@@ -26,13 +26,6 @@ from waflow.drafts import decisions, requests, sending
 from waflow.outbound import commands, task
 
 BY = "ratna@firma.id"
-
-
-@pytest.fixture(scope="module")
-def meta():
-    sim = SimulatorProcess("--no-status-webhooks", "--open-windows", "--pair-burst", "1000").start()
-    yield sim
-    sim.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import pytest
 import sqlalchemy as sa
 
 from drafts_support import CLIENT, client_writes, lawyer, one, ready_draft, scalar
-from support import SimulatorProcess
 from waflow import compose, limiter, whatsapp
 from waflow.config import settings
 from waflow.db import transaction
@@ -23,13 +22,6 @@ from waflow.models import OutboundMessage
 from waflow.outbound import claim as claiming, commands, operator, task
 
 BY = "ratna@firma.id"
-
-
-@pytest.fixture(scope="module")
-def meta():
-    sim = SimulatorProcess("--no-status-webhooks", "--open-windows", "--pair-burst", "1000").start()
-    yield sim
-    sim.stop()
 
 
 @pytest.fixture

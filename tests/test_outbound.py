@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import sqlalchemy as sa
 
-from support import SimulatorProcess, free_port, orm
+from support import free_port, orm
 from waflow import compose, limiter, whatsapp
 from waflow.config import settings
 from waflow.contacts import upsert_contact, upsert_conversation
@@ -26,13 +26,6 @@ from waflow.models import Message, MessageStatus, OutboundMessage
 from waflow.tasks import TransientError
 
 NUMBER = settings.phone_number_id
-
-
-@pytest.fixture(scope="module")
-def meta():
-    sim = SimulatorProcess("--no-status-webhooks", "--open-windows", "--pair-burst", "1000").start()
-    yield sim
-    sim.stop()
 
 
 @pytest.fixture

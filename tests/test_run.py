@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import threading
@@ -32,6 +31,7 @@ import requests
 from support import ROOT, compact, free_port, sign, text_webhook, wait_for
 from test_readme import shell_blocks
 from waflow.config import SECRET
+from waflow.dashboard.screenshots import free_base_port
 
 # Every line of Procfile.dev, and those that run a Celery worker.
 _LINES = [line.partition(":") for line in (ROOT / "Procfile.dev").read_text().splitlines() if ":" in line]
@@ -41,22 +41,6 @@ SECRET_FOR_DEV = SECRET["WHATSAPP_APP_SECRET"].stand_in
 # What the environment of a fresh terminal does not have: everything waflow reads is left at its default.
 NOT_INHERITED = ("WAFLOW_", "WHATSAPP_", "DATABASE_URL", "CELERY_", "REDIS_URL", "SIMULATOR_", "FLOWER_", "DRAFT",
                  "PORT")
-
-
-def _free_base_port() -> int:
-    """A base port for honcho whose web (+0), dashboard (+100) and Flower (+400) ports are all free."""
-    for _ in range(50):
-        base = free_port()
-        if base + 400 > 65535:
-            continue
-        try:
-            for offset in (100, 400):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", base + offset))
-        except OSError:
-            continue
-        return base
-    raise AssertionError("no free pair of ports for web and Flower")
 
 
 @dataclass
@@ -97,7 +81,7 @@ class Run:
 class Stack:
     def __init__(self, var_dir: Path) -> None:
         self.var_dir = var_dir
-        self.port = _free_base_port()
+        self.port = free_base_port()
         self.sim_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/webhooks/whatsapp"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(NOT_INHERITED)}

@@ -143,7 +143,7 @@ EDIT_GREETING = "Selamat pagi, Bu Rina. "
 EDIT_FROM, EDIT_TO = "Seorang advokat akan menanggapi", "Saya sendiri akan menelepon Ibu hari ini dan menanggapi"
 
 
-def _free_base_port() -> int:
+def free_base_port() -> int:
     """A base port whose web (+0), dashboard (+100) and Flower (+400) ports are all free."""
     for _ in range(50):
         with socket.socket() as s:
@@ -188,7 +188,7 @@ class Stack:
 
     def __init__(self, var_dir: Path) -> None:
         self.var_dir = var_dir
-        self.port, self.sim_port = _free_base_port(), _free_port()
+        self.port, self.sim_port = free_base_port(), _free_port()
         self.dashboard = f"http://127.0.0.1:{self.port + 100}"
         self.simulator = f"http://127.0.0.1:{self.sim_port}"
         self.log = var_dir / "run.log"
