@@ -313,6 +313,24 @@ def test_a_fresh_process_that_imports_what_core_imports_prepares_the_send_path_o
     assert out.stdout.split() == ["waflow_accept", "waflow_claim", "waflow_next"], out.stderr[-2000:]
 
 
+@pytest.mark.skipif(not PG_URL, reason="WAFLOW_TEST_DATABASE_URL is not set: no PostgreSQL to test against "
+                                       "(see README, 'Test it')")
+def test_the_send_paths_statements_keep_one_generic_plan_from_their_first_run():
+    """PostgreSQL would plan each prepared statement afresh on its first five runs on a connection;
+    the send path's connections plan each once, at its first run (the sender's warm-up)."""
+    migrate(config.load({"DATABASE_URL": PG_URL}).database_url)
+    code = ("from datetime import datetime, timezone\nimport waflow.outbound\n"
+            "from waflow.db import autocommit, execute_prepared\nfrom waflow.outbound import claim\n"
+            "with autocommit() as conn:\n"
+            "    for _ in range(3):\n"
+            "        execute_prepared(conn, claim.CLAIM_AT_ONCE, -1, None, datetime.now(timezone.utc)).all()\n"
+            "    print(*conn.exec_driver_sql(\"SELECT generic_plans, custom_plans FROM pg_prepared_statements \"\n"
+            "                                \"WHERE name = 'waflow_claim'\").one())\n")
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": PG_URL, "WAFLOW_VAR_DIR": str(ROOT / "var")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["3", "0"], out.stderr[-2000:]
+
+
 def test_a_worker_that_does_not_draft_never_loads_the_drafting_librarys_retrieval():
     """Every worker imports every stage's module (Celery's ``imports``); bm25s and numpy (about 23 MB a
     process) load only where a drafter is built."""
@@ -323,3 +341,15 @@ def test_a_worker_that_does_not_draft_never_loads_the_drafting_librarys_retrieva
     env = {"PATH": "/usr/bin:/bin", "WAFLOW_VAR_DIR": str(ROOT / "var")}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.split("\n")[:2] == ["[]", "True"], out.stderr[-2000:]
+
+
+def test_a_worker_never_loads_flask_and_the_web_app_still_builds():
+    """A Celery worker imports the ``waflow`` package but serves no web page: Flask and Werkzeug (about
+    0.1 s of a worker's start and 5 MB) load only where ``create_app`` builds the web process."""
+    code = ("import sys\nfrom waflow.tasks import celery_app\ncelery_app.loader.import_default_modules()\n"
+            "import waflow.consumer, waflow.outbound\n"
+            "print(sorted(m for m in ('flask', 'werkzeug') if m in sys.modules))\n"
+            "from waflow import create_app\nprint(type(create_app()).__name__)\n")
+    env = {"PATH": "/usr/bin:/bin", "WAFLOW_VAR_DIR": str(ROOT / "var")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split("\n")[:2] == ["[]", "Flask"], out.stderr[-2000:]

@@ -7,13 +7,17 @@ lives in ``waflow.tasks`` and is what ``celery -A waflow`` finds through
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from flask import Flask
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the Flask app; ``test_config`` overrides settings (tests pass a publisher or settings)."""
+    # Imported here, not with the package: every Celery worker imports ``waflow`` and has no use for Flask.
+    from flask import Flask
+
     from waflow import cli, config, web
     from waflow.broker import make_publisher
     from waflow.gateway import bp as gateway_bp
