@@ -216,6 +216,8 @@ class NumberBucket:
         self.phone_number_id = phone_number_id
         self.lanes: dict[str, deque] = {lane: deque() for lane in LANES}
         self.timer_entry: Any = None
+        # The set of cancelled broadcasts the broadcast lane was last checked against.
+        self.checked_against: frozenset[str] | None = None
 
     def pending(self) -> int:
         return sum(len(lane) for lane in self.lanes.values())
@@ -334,13 +336,23 @@ class TaskPacer:
         return bool(broadcast_id) and self.pacing.store.is_cancelled(str(broadcast_id))
 
     def _release_cancelled(self, bucket: NumberBucket) -> None:
-        # Only broadcasts are cancelled; the lane holds at most the worker's prefetch, so a scan is cheap.
+        """Hand over the broadcast lane's requests whose broadcast was cancelled since they came.
+
+        Each request was checked as it was added (``add``) against the set then current, so while
+        the store hands back the very set the lane was last checked against, nothing in the lane
+        can have been cancelled since: the lane (up to the worker's prefetch) is scanned only when
+        the set changes, not on every drain."""
+        cancelled = self.pacing.store.cancelled()
+        if cancelled is bucket.checked_against:
+            return
+        bucket.checked_against = cancelled
         lane = bucket.lanes[BROADCAST]
-        if not any(_header(r, BROADCAST_HEADER) for r in lane):
+        if not cancelled or not lane:
             return
         kept: deque = deque()
         for request in lane:
-            if self._cancelled(request):
+            broadcast_id = _header(request, BROADCAST_HEADER)
+            if broadcast_id and str(broadcast_id) in cancelled:
                 self._release(request, self._unpaced(bucket.phone_number_id))
             else:
                 kept.append(request)

@@ -154,7 +154,12 @@ class Store(ABC):
         """Open what the first calls of ``connections`` threads at once would open late."""
 
     def is_cancelled(self, broadcast_id: str) -> bool:
-        """Whether the broadcast was cancelled, from a copy of the set at most a second old.
+        """Whether the broadcast was cancelled, from a copy of the set at most a second old."""
+        return broadcast_id in self.cancelled()
+
+    def cancelled(self) -> frozenset[str]:
+        """Every cancelled broadcast id, from a copy at most a second old. The copy is replaced, never
+        changed: while the same object comes back, nothing has been cancelled since.
 
         If the store cannot be read the last copy answers: a cancellation is never undone, so a
         stale "cancelled" is still true, and a stale "not cancelled" only means the message waits
@@ -164,10 +169,13 @@ class Store(ABC):
             if now - self._cancelled_read_at >= CANCELLED_REFRESH:
                 self._cancelled_read_at = now
                 try:
-                    self._cancelled = self._read_cancelled()
+                    fresh = self._read_cancelled()
                 except LimiterUnavailable as exc:
                     logger.debug("limiter: cancelled broadcasts not refreshed: %s", exc)
-            return broadcast_id in self._cancelled
+                else:
+                    if fresh != self._cancelled:
+                        self._cancelled = fresh
+            return self._cancelled
 
     def _remember_cancelled(self, broadcast_id: str) -> None:
         with self._cancelled_lock:
