@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from conftest import SKIP_PG
 from hostile_bodies import MARKER, random_id
-from support import PG_URL, compact, text_webhook
+from support import PG_URL, compact, migrate, text_webhook
 from waflow import config, failures
 from waflow.tasks import is_transient
 
@@ -119,6 +119,51 @@ def test_a_terminated_backend_and_a_refused_connection_are_transient(pg):
     with pytest.raises(sa.exc.OperationalError) as refused:
         sa.create_engine(UNREACHABLE).connect()
     assert failures.sqlstate(refused.value) is None and is_transient(refused.value)
+
+
+@pytest.fixture
+def send_path(pg) -> sa.Engine:
+    """The send path's engine: autocommit connections with the sender's prepared statements."""
+    import waflow.outbound  # noqa: F401 - registers the statements, which name the outbox's tables
+    from waflow.db import make_engine
+
+    migrate(pg.url.render_as_string(hide_password=False))
+    engine = make_engine(pg.url.render_as_string(hide_password=False), autocommit=True)
+    yield engine
+    engine.dispose()
+
+
+def _claim(conn: sa.Connection, outbound_id) -> list:
+    from datetime import datetime, timezone
+
+    from waflow.db import execute_prepared
+    from waflow.outbound import claim
+
+    return execute_prepared(conn, claim.CLAIM_AT_ONCE, outbound_id, None, datetime.now(timezone.utc))
+
+
+def test_a_prepared_send_statement_on_a_lost_connection_is_transient_and_that_connection_is_never_reused(
+        pg, send_path):
+    with send_path.connect() as victim:
+        pid = victim.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with pg.connect() as admin:
+            admin.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        with pytest.raises(sa.exc.OperationalError) as lost:
+            _claim(victim, -1)
+    assert lost.value.connection_invalidated and is_transient(lost.value)
+    with send_path.connect() as again:
+        assert again.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
+        assert _claim(again, -1) == []
+
+
+def test_a_prepared_send_statement_the_server_refuses_is_permanent_and_keeps_its_connection(send_path):
+    with send_path.connect() as conn:
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with pytest.raises(sa.exc.DataError) as refused:
+            _claim(conn, MARKER)  # not a bigint
+        assert failures.sqlstate(refused.value) == "22P02" and not is_transient(refused.value)
+        assert not refused.value.connection_invalidated
+        assert _claim(conn, -1) == [] and conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid
 
 
 def test_sqlite_is_transient_only_when_locked(tmp_path):

@@ -323,7 +323,7 @@ def test_the_send_paths_statements_keep_one_generic_plan_from_their_first_run():
             "from waflow.db import autocommit, execute_prepared\nfrom waflow.outbound import claim\n"
             "with autocommit() as conn:\n"
             "    for _ in range(3):\n"
-            "        execute_prepared(conn, claim.CLAIM_AT_ONCE, -1, None, datetime.now(timezone.utc)).all()\n"
+            "        execute_prepared(conn, claim.CLAIM_AT_ONCE, -1, None, datetime.now(timezone.utc))\n"
             "    print(*conn.exec_driver_sql(\"SELECT generic_plans, custom_plans FROM pg_prepared_statements \"\n"
             "                                \"WHERE name = 'waflow_claim'\").one())\n")
     env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": PG_URL, "WAFLOW_VAR_DIR": str(ROOT / "var")}

@@ -188,9 +188,10 @@ def claim_at_once(conn: sa.Connection, outbound_id: int, store: limiter.Store,
     says wait: the mark is taken back, and the message was never near Meta."""
     if conn.dialect.name != "postgresql":
         return None
-    row = execute_prepared(conn, CLAIM_AT_ONCE, outbound_id, task_id, datetime.now(timezone.utc)).first()
-    if row is None:
+    rows = execute_prepared(conn, CLAIM_AT_ONCE, outbound_id, task_id, datetime.now(timezone.utc))
+    if not rows:
         return None
+    row = rows[0]
     def take_back() -> None:
         conn.execute(_UNCLAIM, {"oid": outbound_id, "task": task_id, "now": datetime.now(timezone.utc)})
 

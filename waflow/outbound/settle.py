@@ -192,10 +192,11 @@ def accept_at_once(conn: sa.Connection, claimed: Claimed, answer: Answer) -> Set
         (row.payload.get("context") or {}).get("message_id"),
         conversation_state.ends_wait(row.lane, row.kind, row.approval_id), row.created_at,
         relaxed=True,  # see _relaxed_commit
-    ).scalar_one()
+    )[0].settled
     if not settled:
         return Settled("settled meanwhile")
-    nxt = execute_prepared(conn, NEXT_AT_ONCE, row.phone_number_id, row.recipient, row.id).first()
+    following_rows = execute_prepared(conn, NEXT_AT_ONCE, row.phone_number_id, row.recipient, row.id)
+    nxt = following_rows[0] if following_rows else None
     return Settled("accepted", [] if nxt is None or not nxt.parked else
                    [Queued(nxt.id, nxt.lane, row.phone_number_id, nxt.token)])
 
