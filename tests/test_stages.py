@@ -331,25 +331,30 @@ def test_the_send_paths_statements_keep_one_generic_plan_from_their_first_run():
     assert out.stdout.split() == ["3", "0"], out.stderr[-2000:]
 
 
+def _in_a_fresh_worker(watched: tuple[str, ...], then: str) -> list[str]:
+    """Import what a Celery worker imports in a fresh process, print which ``watched`` modules are
+    loaded, run ``then``; return the lines printed."""
+    code = ("import sys\nfrom waflow.tasks import celery_app\ncelery_app.loader.import_default_modules()\n"
+            "import waflow.consumer, waflow.outbound\n"
+            f"print(sorted(m for m in {watched!r} if m in sys.modules))\n{then}")
+    env = {"PATH": "/usr/bin:/bin", "WAFLOW_VAR_DIR": str(ROOT / "var")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.split("\n")
+
+
 def test_a_worker_that_does_not_draft_never_loads_the_drafting_librarys_retrieval():
     """Every worker imports every stage's module (Celery's ``imports``); bm25s and numpy (about 23 MB a
     process) load only where a drafter is built."""
-    code = ("import sys\nfrom waflow.tasks import celery_app\ncelery_app.loader.import_default_modules()\n"
-            "print(sorted(m for m in ('bm25s', 'numpy', 'rapidfuzz', 'waflow.drafting.offline') if m in sys.modules))\n"
-            "from waflow.drafting import make_drafter\nfrom waflow import config\n"
-            "make_drafter(config.settings)\nprint('bm25s' in sys.modules)\n")
-    env = {"PATH": "/usr/bin:/bin", "WAFLOW_VAR_DIR": str(ROOT / "var")}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert out.stdout.split("\n")[:2] == ["[]", "True"], out.stderr[-2000:]
+    printed = _in_a_fresh_worker(("bm25s", "numpy", "rapidfuzz", "waflow.drafting.offline"),
+                                 "from waflow.drafting import make_drafter\nfrom waflow import config\n"
+                                 "make_drafter(config.settings)\nprint('bm25s' in sys.modules)\n")
+    assert printed[:2] == ["[]", "True"]
 
 
 def test_a_worker_never_loads_flask_and_the_web_app_still_builds():
     """A Celery worker imports the ``waflow`` package but serves no web page: Flask and Werkzeug (about
     0.1 s of a worker's start and 5 MB) load only where ``create_app`` builds the web process."""
-    code = ("import sys\nfrom waflow.tasks import celery_app\ncelery_app.loader.import_default_modules()\n"
-            "import waflow.consumer, waflow.outbound\n"
-            "print(sorted(m for m in ('flask', 'werkzeug') if m in sys.modules))\n"
-            "from waflow import create_app\nprint(type(create_app()).__name__)\n")
-    env = {"PATH": "/usr/bin:/bin", "WAFLOW_VAR_DIR": str(ROOT / "var")}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert out.stdout.split("\n")[:2] == ["[]", "Flask"], out.stderr[-2000:]
+    printed = _in_a_fresh_worker(("flask", "werkzeug"),
+                                 "from waflow import create_app\nprint(type(create_app()).__name__)\n")
+    assert printed[:2] == ["[]", "Flask"]
