@@ -83,9 +83,7 @@ def execute_prepared(conn: sa.Connection, name: str, *params: Any, relaxed: bool
         conn.dispatch.before_cursor_execute(conn, cursor, statement, params, None, False)
         cursor.execute(statement, params)
         conn.dispatch.after_cursor_execute(conn, cursor, statement, params, None, False)
-        rows = cursor.fetchall() if cursor.description is not None else []
-        cursor.close()
-        return rows
+        return cursor.fetchall() if cursor.description is not None else []
     except conn.dialect.loaded_dbapi.Error as exc:
         lost = conn.dialect.is_disconnect(exc, fairy.dbapi_connection, cursor)
         if lost:
@@ -93,6 +91,9 @@ def execute_prepared(conn: sa.Connection, name: str, *params: Any, relaxed: bool
         raise sa.exc.DBAPIError.instance(statement, params, exc, conn.dialect.loaded_dbapi.Error,
                                          hide_parameters=True, dialect=conn.dialect,
                                          connection_invalidated=lost) from exc
+    finally:
+        if cursor is not None and not cursor.closed:
+            cursor.close()
 
 
 # The plan those statements keep. By default PostgreSQL plans a prepared statement afresh on each of
