@@ -143,6 +143,51 @@ def test_a_table_that_does_not_parse_is_refused_naming_its_file_not_read_as_empt
             conn.channel().get_table("celeryev")
 
 
+def test_a_queue_hands_out_messages_in_the_order_they_were_written_even_within_one_millisecond(tmp_path):
+    queue = Queue("fifo", Exchange("fifo-x"), routing_key="fifo")
+    with Connection("embedded://", transport_options=_options(tmp_path)) as conn:
+        simple = conn.SimpleQueue(queue)
+        for i in range(300):  # many within each millisecond
+            simple.put({"n": i})
+        taken = []
+        while True:
+            try:
+                message = simple.get(block=False)
+            except simple.Empty:
+                break
+            taken.append(message.payload["n"])
+            message.ack()
+        simple.close()
+    assert taken == list(range(300))
+
+
+def test_messages_left_by_stock_kombu_are_handed_out_by_their_millisecond_before_newer_ones(tmp_path):
+    queue = Queue("mixed", Exchange("mixed-x"), routing_key="mixed")
+    now_ms = time.monotonic_ns() // 10**6
+    with Connection("embedded://", transport_options=_options(tmp_path)) as conn:
+        simple = conn.SimpleQueue(queue)
+        folder = Path(_options(tmp_path)["data_folder_in"])
+        for ago, n in ((1000, "old-2"), (2000, "old-1")):  # stock's name: milliseconds since boot, a random id
+            (folder / f"{now_ms - ago}_{n}.mixed.msg").write_text(json.dumps(
+                {"body": json.dumps({"n": n}), "content-type": "application/json", "content-encoding": "utf-8",
+                 "headers": {}, "properties": {"delivery_tag": n, "delivery_info": {}}}))
+        simple.put({"n": "new"})
+        taken = []
+        for _ in range(3):
+            message = simple.get(timeout=5)
+            taken.append(message.payload["n"])
+            message.ack()
+        simple.close()
+    assert taken == ["old-1", "old-2", "new"]
+
+
+def test_a_stock_name_that_gained_a_digit_still_sorts_after_the_shorter_ones():
+    """Stock kombu sorts its names as text, which puts 10,000,000 ms (2.8 hours after boot) before 9,999,999; a name of ours written at 3 hours comes after both."""
+    names = ["10000000_b.q.msg", "9999999_a.q.msg", f"{3 * 3600 * 10**9:020d}000000_c.q.msg"]
+    assert sorted(names, key=embedded._written_order) == ["9999999_a.q.msg", "10000000_b.q.msg",
+                                                          f"{3 * 3600 * 10**9:020d}000000_c.q.msg"]
+
+
 def test_two_consumers_of_one_queue_each_take_a_message_once(tmp_path):
     options = _options(tmp_path)
     queue = Queue("shared", Exchange("shared-x"), routing_key="shared")

@@ -14,6 +14,12 @@ stock ``filesystem://`` where several processes sharing one folder meet:
   the old table or the new one, never a mix. And a binding is written before kombu
   records it in the state the process's channels share (stock records it first, so
   another thread could publish by it before the table held it: a lost message).
+- **A queue is first in, first out.** Stock names a message file by the millisecond it
+  was written and a random id, and hands out the lowest name: messages one process
+  writes within a millisecond came out in random order, and a name gaining a digit
+  (every power of ten of milliseconds since boot) sorted before the shorter ones.
+  Here a name holds the nanosecond and a per-process counter, zero-padded, and files
+  are handed out by that number, stock names read as their millisecond.
 - **A message is claimed by rename inside the broker folder.** Stock moves it to
   the system temporary folder, which is a copy (not atomic, and client text in a
   shared folder) wherever /tmp is another filesystem.
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import socket
@@ -58,6 +65,23 @@ SCHEME = "embedded"
 # How long a removed auto-delete queue's messages are deleted again by later sweeps (a publish routed to it
 # just before it was unbound may land after).
 TOMBSTONE_SECONDS = 600
+
+# A message file's name starts with when it was written: 20 digits of CLOCK_MONOTONIC nanoseconds (one
+# clock for every process of the host) and 6 of this process's counter, which orders the messages one
+# process writes within a nanosecond.
+_SEQUENCE = itertools.count()
+_NEW_NAME_DIGITS = 26
+
+
+def _written_order(name: str) -> tuple[int, str]:
+    """Sort key of a message file: when it was written, in nanoseconds × 10**6 (stock kombu's names give
+    milliseconds since boot, with no counter), then the rest of the name."""
+    stamp, _, rest = name.partition("_")
+    if not stamp.isdigit():
+        return (0, name)
+    if len(stamp) == _NEW_NAME_DIGITS:
+        return (int(stamp), rest)
+    return (int(stamp) * 10**12, rest)
 # The exchanges of Celery's events and remote control: Celery binds only auto-delete queues to them.
 CELERY_TRANSIENT_EXCHANGES = ("celeryev", "celery.pidbox", "reply.celery.pidbox")
 # How long a reader retries a table it cannot parse (one written in place by stock kombu, say) before failing.
@@ -122,7 +146,7 @@ class Channel(filesystem.Channel):
 
     def _put(self, queue, payload, **kwargs):
         """Put ``payload`` on ``queue`` whole: write, flush, then rename into place."""
-        name = f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
+        name = f"{time.monotonic_ns():020d}{next(_SEQUENCE) % 10**6:06d}_{uuid.uuid4()}.{queue}.msg"
         staging = self.transport_options["staging_folder"]
         temporary = os.path.join(staging, name)
         try:
@@ -139,9 +163,8 @@ class Channel(filesystem.Channel):
         delete it. The virtual transport keeps it in memory, unacknowledged, until the task is done."""
         wanted = f"{queue}.msg"
         claimed = self.transport_options["claimed_folder"]
-        for name in sorted(os.listdir(self.data_folder_in)):
-            if name.partition(".")[2] != wanted:
-                continue
+        for name in sorted((n for n in os.listdir(self.data_folder_in) if n.partition(".")[2] == wanted),
+                           key=_written_order):
             mine = os.path.join(claimed, name)
             try:
                 os.rename(os.path.join(self.data_folder_in, name), mine)
