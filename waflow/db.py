@@ -69,28 +69,25 @@ def execute_prepared(conn: sa.Connection, name: str, *params: Any, relaxed: bool
     The statement goes to psycopg2's cursor directly: SQLAlchemy's execution context and result
     object cost about as much CPU as the round trip itself (some 70 µs a statement, three a send).
     What SQLAlchemy does around a statement is kept: its ``before_cursor_execute`` and
-    ``after_cursor_execute`` events fire (without an execution context), a failing statement's error
-    arrives wrapped as its ``DBAPIError`` subclass with the parameters hidden, and a lost connection
-    is invalidated, never returned to the pool."""
+    ``after_cursor_execute`` events fire (without an execution context), and a failing statement goes
+    to the Connection's own error handler, the one ``exec_driver_sql`` calls (private; SQLAlchemy's
+    version is pinned in requirements.txt): the error arrives wrapped as its
+    ``DBAPIError`` subclass with the parameters hidden, ``handle_error`` listeners run, and a lost
+    connection is invalidated together with every connection of the pool opened before it."""
     from psycopg2.extras import NamedTupleCursor
 
     execute = f"EXECUTE {name}({', '.join(['%s'] * len(params))})"
     statement = f"SET LOCAL synchronous_commit TO OFF; {execute}" if relaxed else execute
-    fairy = conn.connection
     cursor = None
     try:
-        cursor = fairy.driver_connection.cursor(cursor_factory=NamedTupleCursor)
+        cursor = conn.connection.driver_connection.cursor(cursor_factory=NamedTupleCursor)
         conn.dispatch.before_cursor_execute(conn, cursor, statement, params, None, False)
         cursor.execute(statement, params)
         conn.dispatch.after_cursor_execute(conn, cursor, statement, params, None, False)
         return cursor.fetchall() if cursor.description is not None else []
-    except conn.dialect.loaded_dbapi.Error as exc:
-        lost = conn.dialect.is_disconnect(exc, fairy.dbapi_connection, cursor)
-        if lost:
-            conn.invalidate(exc)
-        raise sa.exc.DBAPIError.instance(statement, params, exc, conn.dialect.loaded_dbapi.Error,
-                                         hide_parameters=True, dialect=conn.dialect,
-                                         connection_invalidated=lost) from exc
+    except BaseException as exc:
+        conn._handle_dbapi_exception(exc, statement, params, cursor, None)  # always raises
+        raise
     finally:
         if cursor is not None and not cursor.closed:
             cursor.close()
