@@ -82,6 +82,8 @@ def _written_order(name: str) -> tuple[int, str]:
     if len(stamp) == _NEW_NAME_DIGITS:
         return (int(stamp), rest)
     return (int(stamp) * 10**12, rest)
+
+
 # The exchanges of Celery's events and remote control: Celery binds only auto-delete queues to them.
 CELERY_TRANSIENT_EXCHANGES = ("celeryev", "celery.pidbox", "reply.celery.pidbox")
 # How long a reader retries a table it cannot parse (one written in place by stock kombu, say) before failing.
